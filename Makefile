@@ -1,0 +1,20 @@
+# The two commands of the README. Both set the environment up first (scripts/setup is idempotent).
+SHELL := /bin/bash
+export NM_DISABLE_ANALYTICS := 1
+
+.PHONY: run test test-fast setup
+
+setup:
+	@scripts/setup >/dev/null
+
+# The main job on the embedded default (sklearn digits, a small torchvision model), logged to ./mlruns.db.
+run:
+	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" sparsify.run training-aware $(ARGS)
+
+# The whole test suite, end-to-end tests included (what CI runs).
+test:
+	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" python -m pytest -n 2 $(ARGS)
+
+# Everything but the end-to-end runs: the quick loop while developing.
+test-fast:
+	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" python -m pytest -n 2 -m "not e2e" $(ARGS)

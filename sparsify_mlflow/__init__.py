@@ -1,0 +1,1 @@
+"""sparsify-mlflow: training-aware sparsification experiments tracked in MLflow."""

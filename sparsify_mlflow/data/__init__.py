@@ -1,0 +1,1 @@
+"""File-format readers shared by use cases, and the embedded default datasets."""

@@ -1,0 +1,352 @@
+"""Two inference engines behind one interface: DeepSparse (the point) and ONNX Runtime (fallback).
+
+DeepSparse 1.8 only runs on x86-64 with AVX2+ (INT8 is only fast with AVX-512 VNNI), its
+license allows evaluation, not production, and ``import deepsparse`` raises ``OSError`` on CPUs it
+cannot classify, so it is imported lazily here and every caller can fall back to ONNX Runtime,
+which reads the same exported file. Neither engine is imported at module import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineUnavailable",
+    "cpu_info",
+    "deepsparse_status",
+    "load_engine",
+    "predict_batches",
+    "probe_deepsparse",
+]
+
+_LOG = logging.getLogger(__name__)
+ENGINES = ("deepsparse", "onnxruntime")
+DISABLE_ENV = "SPARSIFY_DISABLE_DEEPSPARSE"
+_SEEN_NATIVE_WARNINGS: set[str] = set()
+
+
+class EngineUnavailable(RuntimeError):
+    """The requested engine cannot run here (not installed, unsupported CPU, disabled, failed to compile)."""
+
+
+class Engine(Protocol):
+    name: str  # "deepsparse" | "onnxruntime"
+    batch_size: int
+    num_cores: int
+    input_names: tuple[str, ...]
+    fraction_of_supported_ops: float | None  # DeepSparse's figure; None for ORT
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Exactly ``batch_size`` rows per input in, the graph's outputs out."""
+        ...
+
+
+def deepsparse_status() -> tuple[bool, str]:
+    """(usable, reason). Never raises: the answer decides between DeepSparse and the fallback."""
+    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return False, f"DeepSparse disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
+    os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")  # it phones home otherwise
+    try:
+        import deepsparse
+        from deepsparse.cpu import cpu_architecture
+
+        arch = cpu_architecture()
+    except ImportError as exc:
+        return False, f"deepsparse is not installed ({exc})"
+    except OSError as exc:  # raised at import on unsupported CPUs / operating systems
+        return False, f"DeepSparse does not support this CPU/OS: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any import-time failure means "use the fallback"
+        return False, f"deepsparse failed to import: {type(exc).__name__}: {exc}"
+    int8 = "VNNI: fast INT8" if arch.vnni else "no VNNI: INT8 is emulated, expect slow quantized models"
+    return True, f"deepsparse {deepsparse.__version__} on {arch.isa} ({int8})"
+
+
+def cpu_info() -> dict[str, object]:
+    """What the benchmark ran on: vendor/model, cores, ISA, VNNI (logged next to every figure)."""
+    if deepsparse_status()[0]:
+        from deepsparse.cpu import cpu_architecture
+
+        arch = cpu_architecture()
+        return {
+            "vendor": arch.get("vendor"),
+            "model": arch.get("vendor_model"),
+            "cores": int(arch.get("available_num_cores") or arch.get("num_cores") or _physical_cores()),
+            "threads": int(arch.get("available_num_hw_threads") or os.cpu_count() or 1),
+            "isa": arch.get("isa"),
+            "vnni": bool(arch.get("vnni")),
+            "source": "deepsparse",
+        }
+    fields = _proc_cpuinfo_first()
+    flags = set(fields.get("flags", "").split())
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "unknown"
+    return {
+        "vendor": fields.get("vendor_id"),
+        "model": fields.get("model name"),
+        "cores": _physical_cores(),
+        "threads": _threads(),
+        "isa": isa,
+        "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}),
+        "source": "/proc/cpuinfo",
+    }
+
+
+def load_engine(path: Path, engine: str, batch_size: int, num_cores: int | None = None) -> Engine:
+    """Compile/open ``path`` for a fixed batch size on ``num_cores`` (default: all physical cores)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    cores = int(num_cores) if num_cores else _physical_cores()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}")
+    dtypes = _input_dtypes(path)
+    if engine == "deepsparse":
+        return _load_deepsparse(path, batch_size, cores, dtypes)
+    return _load_onnxruntime(path, batch_size, cores, dtypes)
+
+
+_PROBE_SCRIPT = """
+import os, sys
+os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+import deepsparse
+path, cores = sys.argv[1], int(sys.argv[2])
+for bs in map(int, sys.argv[3:]):
+    deepsparse.compile_model(path, batch_size=bs, num_cores=cores)
+    print("OK", bs, flush=True)
+"""
+
+
+def probe_deepsparse(path: Path, batch_sizes: Sequence[int], num_cores: int | None = None,
+                     timeout: float = 900.0) -> dict[int, str | None]:
+    """Compile `path` at each batch size in a child process; {batch size: None if safe, else why}.
+
+    DeepSparse 1.8 kills the whole process on some graphs (a native assertion, no Python
+    exception; seen on AVX2 with 1x1 feature maps at batch >= 16). Compiling in the experiment's
+    own process would end it mid-run, leaving the MLflow run RUNNING; a child process finds out safely.
+    """
+    cores = int(num_cores) if num_cores else _physical_cores()
+    verdicts: dict[int, str | None] = {}
+    remaining = sorted(set(batch_sizes))
+    while remaining:
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _PROBE_SCRIPT, str(path), str(cores), *map(str, remaining)],
+                capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            verdicts[remaining[0]] = f"compiling took over {timeout:.0f} s"
+            remaining = remaining[1:]
+            continue
+        compiled = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("OK ")]
+        verdicts.update({bs: None for bs in compiled})
+        remaining = [bs for bs in remaining if bs not in compiled]
+        if remaining:  # the first one not compiled is the one that failed
+            failed = remaining.pop(0)
+            verdicts[failed] = _crash_reason(proc.stdout + proc.stderr, proc.returncode)
+    return verdicts
+
+
+def _crash_reason(output: str, returncode: int) -> str:
+    """The line of DeepSparse's report that says what failed (an assertion or a Python error)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for line in lines:
+        if line.startswith("Assertion at") or "Error:" in line:
+            return f"{line} (exit code {returncode})"
+    return f"exit code {returncode}" + (f": {lines[-1]}" if lines else "")
+
+
+def predict_batches(engine: Engine, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Run any number of rows through a fixed-batch engine.
+
+    Rows are split into ``engine.batch_size`` batches; the last batch is padded by repeating its
+    own rows (real data, so no NaN/overflow surprises) and the padding is cut from the outputs.
+    """
+    if not inputs:
+        raise ValueError("predict_batches needs at least one input array")
+    n = len(inputs[0])
+    if n == 0 or any(len(a) != n for a in inputs):
+        raise ValueError(f"inputs need the same, non-zero number of rows; got {[len(a) for a in inputs]}")
+    bs = engine.batch_size
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, n, bs):
+        rows = min(bs, n - start)
+        batch = [a[start : start + rows] for a in inputs]
+        if rows < bs:
+            idx = np.arange(bs) % rows
+            batch = [b[idx] for b in batch]
+        chunks.append([o[:rows] for o in engine.run(batch)])
+    return [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
+
+
+@dataclass
+class _BaseEngine:
+    name: str
+    batch_size: int
+    num_cores: int
+    input_names: tuple[str, ...]
+    input_dtypes: tuple[Any, ...]
+    fraction_of_supported_ops: float | None
+    _impl: Any = field(repr=False)
+
+    def _prepare(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Same checks and conversions for both engines, so their timings stay comparable."""
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"{self.name} expects {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
+        out = []
+        for a, dtype in zip(inputs, self.input_dtypes):
+            if len(a) != self.batch_size:
+                raise ValueError(f"{self.name} engine compiled for batch_size={self.batch_size}, got {len(a)} rows")
+            out.append(np.ascontiguousarray(a, dtype=dtype))
+        return out
+
+
+class _DeepSparseEngine(_BaseEngine):
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self._impl.run(self._prepare(inputs), val_inp=False)
+
+
+class _OrtEngine(_BaseEngine):
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self._impl.run(None, dict(zip(self.input_names, self._prepare(inputs))))
+
+
+def _load_deepsparse(path: Path, batch_size: int, cores: int, dtypes: dict[str, Any]) -> Engine:
+    ok, reason = deepsparse_status()
+    if not ok:
+        raise EngineUnavailable(reason)
+    import deepsparse
+
+    try:
+        with _native_output_to_log():
+            eng = deepsparse.compile_model(str(path), batch_size=batch_size, num_cores=cores)
+    except Exception as exc:  # noqa: BLE001 - a compile failure is "use the other engine"
+        raise EngineUnavailable(f"DeepSparse could not compile {path.name}: {type(exc).__name__}: {exc}") from exc
+    names = tuple(eng.input_names)
+    return _DeepSparseEngine(
+        name="deepsparse",
+        batch_size=batch_size,
+        num_cores=int(eng.num_cores),
+        input_names=names,
+        input_dtypes=tuple(dtypes.get(n, np.float32) for n in names),
+        # Engine.fraction_of_supported_ops (1.8.0: a property, rounded to 4 digits): the share of
+        # graph ops DeepSparse runs itself; below 1.0 the rest falls back to slow paths.
+        fraction_of_supported_ops=float(eng.fraction_of_supported_ops),
+        _impl=eng,
+    )
+
+
+def _load_onnxruntime(path: Path, batch_size: int, cores: int, dtypes: dict[str, Any]) -> Engine:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise EngineUnavailable(f"onnxruntime is not installed ({exc})") from exc
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cores
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    names = tuple(i.name for i in sess.get_inputs())
+    return _OrtEngine(
+        name="onnxruntime",
+        batch_size=batch_size,
+        num_cores=cores,
+        input_names=names,
+        input_dtypes=tuple(dtypes.get(n, np.float32) for n in names),
+        fraction_of_supported_ops=None,
+        _impl=sess,
+    )
+
+
+def _input_dtypes(path: Path) -> dict[str, Any]:
+    """Graph input name -> numpy dtype, so callers may pass float64/int32 arrays safely."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    to_np = onnx.helper.tensor_dtype_to_np_dtype
+    return {i.name: to_np(i.type.tensor_type.elem_type) for i in graph.input if i.name not in inits}
+
+
+@contextlib.contextmanager
+def _native_output_to_log() -> Iterator[None]:
+    """Route what the C++ engine prints on fds 1/2 (banner, INT8-emulation notice) to logging.
+
+    If the engine aborts the process inside this block, its report stays in the temp file named
+    in the DEBUG log line (``sparsify-deepsparse-*.log``).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    tmp = tempfile.NamedTemporaryFile(prefix="sparsify-deepsparse-", suffix=".log", delete=False)
+    _LOG.debug("DeepSparse native output goes to %s while compiling", tmp.name)
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        tmp.close()
+        text = Path(tmp.name).read_text(errors="replace")
+        os.unlink(tmp.name)
+        for line in filter(None, (ln.strip() for ln in text.splitlines())):
+            if ">WARN<" in line or "ERROR" in line:
+                msg = line.split("] ", 1)[-1]
+                if msg not in _SEEN_NATIVE_WARNINGS:
+                    _SEEN_NATIVE_WARNINGS.add(msg)
+                    _LOG.warning("DeepSparse: %s", msg)
+            else:
+                _LOG.debug("DeepSparse: %s", line)
+
+
+def _proc_cpuinfo_first() -> dict[str, str]:
+    """The key/value pairs of the first processor block of /proc/cpuinfo ({} elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _physical_cores() -> int:
+    """Physical cores this process may use: the default thread count for both engines."""
+    try:
+        pairs, phys, core = set(), "", ""
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                phys = value.strip()
+            elif key == "core id":
+                core = value.strip()
+                pairs.add((phys, core))
+        physical = len(pairs) or (os.cpu_count() or 1)
+    except OSError:
+        physical = os.cpu_count() or 1
+    return max(1, min(physical, _threads()))
+
+
+def _threads() -> int:
+    """Hardware threads this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

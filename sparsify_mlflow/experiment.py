@@ -1,0 +1,375 @@
+"""The training-aware experiment as one straight line:
+
+config -> use case -> data + model -> recipe -> dense baseline (cached) -> training-aware model
+-> export -> ONNX check + benchmarks -> MLflow comparison -> registry -> summary.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import torch
+from torch import nn
+
+from sparsify_mlflow import report, tracking, usecases
+from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
+from sparsify_mlflow.config import ExperimentConfig
+from sparsify_mlflow.engines import deepsparse_status, load_engine, predict_batches, probe_deepsparse
+from sparsify_mlflow.export import ExportedModel, export_onnx
+from sparsify_mlflow.levels import PruningScope, RecipePlan, plan_recipe, recipe_yaml
+from sparsify_mlflow.registry import RegisteredVersion, register_onnx
+from sparsify_mlflow.training import EpochStats, resolve_device, scope_sparsity, torch_predictor, train
+from sparsify_mlflow.usecases.base import DataBundle, Metrics, UseCase
+
+log = logging.getLogger(__name__)
+BASELINE_KEY_TAG = "sparsify.baseline_key"
+BASELINE_CACHE_VERSION = 1
+
+
+@dataclass
+class ModelReport:
+    """One side of the comparison (dense baseline or training-aware model), as logged."""
+
+    role: str
+    run_id: str
+    metrics: Metrics                       # PyTorch, validation split
+    onnx_metrics: Metrics                  # the exported file on the deployment engine
+    onnx_engine: str
+    exported: ExportedModel
+    benchmarks: dict[str, BenchmarkResult]  # "deepsparse.bs1", "onnxruntime.bs16", ...
+    history: list[EpochStats]
+    layer_sparsity: dict[str, float]
+    sparsity: float                        # over the pruned layers, PyTorch
+    train_seconds: float
+    reused_from_run: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def flat_metrics(self) -> dict[str, float]:
+        """The same names on child runs (bare) and on the parent (prefixed dense./sparse.)."""
+        out = {"main": self.metrics.main, **self.metrics.values}
+        out.update({f"onnx.{k}": v for k, v in self.onnx_metrics.values.items()})
+        out.update({
+            "sparsity.pruned_layers": self.sparsity,
+            "sparsity.exported": self.exported.weight_sparsity,
+            "size.onnx_bytes": self.exported.size_bytes,
+            "size.onnx_gzip_bytes": self.exported.gzip_size_bytes,
+            "train_seconds": self.train_seconds,
+        })
+        for key, result in self.benchmarks.items():
+            out.update(result.as_metrics(key))
+        return out
+
+
+@dataclass
+class ExperimentResult:
+    config: ExperimentConfig
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    plan: RecipePlan
+    dense: ModelReport
+    sparse: ModelReport
+    comparison: dict[str, float]
+    experiment_dir: Path
+    deployment_dir: Path
+    registered: RegisteredVersion | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_training_aware(cfg: ExperimentConfig) -> ExperimentResult:
+    use_case = usecases.resolve(cfg.use_case)
+    cfg = cfg.with_defaults(model=use_case.default_model, epochs=use_case.default_epochs,
+                            batch_size=use_case.default_batch_size, lr=use_case.default_lr)
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri, cfg.working_dir)
+    tracking.connect(tracking_uri)
+    experiment_id = tracking.ensure_experiment(cfg.experiment_name, cfg.working_dir)
+    folder = _experiment_folder(cfg, use_case)
+    with tracking.run(f"{use_case.name}-{Path(cfg.model).stem}-L{cfg.optim_level:g}",
+                      experiment_id=experiment_id, tags={"sparsify.use_case": use_case.name}) as parent:
+        tracking.log_params(cfg.as_params())
+        data = use_case.load_data(cfg)
+        _log_data(data)
+        model = use_case.build_model(cfg, data)
+        tracking.log_params(data.info | {"data.fingerprint": data.fingerprint, "data.source": data.source})
+        scope = use_case.pruning_scope(model)
+        plan = plan_recipe(cfg.optim_level, cfg.epochs, scope, cfg.lr)
+        tracking.log_params(plan.summary())
+        recipe = cfg.recipe.read_text() if cfg.recipe else recipe_yaml(plan)
+        mlflow.log_text(recipe, "recipe.yaml")
+        device = resolve_device(cfg.device)
+        mlflow.set_tag("sparsify.device", str(device))
+        notes = _engine_notes()
+
+        dense = _dense_baseline(cfg, use_case, data, model, scope, experiment_id, device, folder)
+        if cfg.optim_level == 0 and cfg.recipe is None:
+            sparse = dense  # level 0: the input model (fine-tuned) is the result
+            notes.append("optim level 0: no sparsification; the dense baseline is the result")
+        else:
+            sparse = _training_aware(cfg, use_case, data, dense.model, scope, recipe, device, folder)
+        comparison = _compare(dense.report, sparse.report)
+        tracking.log_metrics(comparison)
+        for role, side in (("dense", dense.report), ("sparse", sparse.report)):
+            tracking.log_metrics({f"{role}.{k}": v for k, v in side.flat_metrics().items()})
+        _log_figures(dense.report, sparse.report, plan, scope, use_case)
+        deployment = _write_deployment(folder, use_case, data, sparse.report, recipe)
+        mlflow.log_artifacts(str(folder), artifact_path="experiment")
+        result = ExperimentResult(cfg, parent.info.run_id, experiment_id, tracking_uri, plan,
+                                  dense.report, sparse.report, comparison, folder, deployment,
+                                  notes=notes + dense.report.notes + (sparse.report.notes if sparse is not dense else []))
+        if cfg.register:
+            result.registered = _register(cfg, use_case, data, result, recipe)
+            mlflow.set_tags({"sparsify.registered_model": result.registered.name,
+                             "sparsify.registered_version": result.registered.version})
+    return result
+
+
+@dataclass
+class _Trained:
+    report: ModelReport
+    model: nn.Module
+
+
+def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, model: nn.Module,
+                    scope: PruningScope, experiment_id: str, device: torch.device, folder: Path) -> _Trained:
+    """Fine-tune the input model with the same schedule and no sparsification, or reuse a cached one."""
+    key = _baseline_key(cfg, data)
+    plan = plan_recipe(0.0, cfg.epochs, scope, cfg.lr)
+    work = folder / "training_artifacts" / "dense"
+    with tracking.run("dense-baseline", nested=True, tags={"sparsify.role": "dense"}) as child:
+        tracking.log_params(plan.summary() | {"baseline_key": key})
+        cached = tracking.find_finished_run(experiment_id, BASELINE_KEY_TAG, key)
+        if cached:
+            print(f"Reusing the dense baseline trained in run {cached} (same model, data, epochs, seed).")
+            state = torch.load(tracking.download(cached, "checkpoint/model.pt", work), map_location="cpu",
+                               weights_only=True)
+            model.load_state_dict(state)
+            history = _history_from_json(tracking.download(cached, "history.json", work).read_text())
+            seconds = 0.0
+            mlflow.set_tag("sparsify.reused_from_run", cached)
+            for stats in history:
+                _log_epoch(stats)
+        else:
+            result = train(model, use_case, data, recipe_yaml(plan), scope, batch_size=cfg.batch_size,
+                           lr=cfg.lr, seed=cfg.seed, device=device, desc="dense", on_epoch=_log_epoch,
+                           log_dir=folder / "logs")
+            history, seconds = result.history, result.seconds
+        mlflow.log_text(recipe_yaml(plan), "recipe.yaml")
+        model.cpu()
+        torch.save(model.state_dict(), work / "model.pt")
+        mlflow.log_artifact(str(work / "model.pt"), "checkpoint")
+        tracking.log_json([asdict(h) for h in history], "history.json")
+        report_ = _finish_model(cfg, use_case, data, model, scope, "dense", child.info.run_id,
+                                history, seconds, work, engines=("deepsparse", "onnxruntime"))
+        report_.reused_from_run = cached
+        mlflow.set_tag(BASELINE_KEY_TAG, key)  # only now: a failed run must not be found as a cache
+    return _Trained(report_, model)
+
+
+def _training_aware(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, dense_model: nn.Module,
+                    scope: PruningScope, recipe: str, device: torch.device, folder: Path) -> _Trained:
+    """Prune and quantize, starting from the fine-tuned dense baseline (GMP prunes a trained model)."""
+    model = copy.deepcopy(dense_model)
+    work = folder / "training_artifacts" / "sparse"
+    with tracking.run("training-aware", nested=True, tags={"sparsify.role": "sparse"}) as child:
+        mlflow.log_text(recipe, "recipe.yaml")
+        result = train(model, use_case, data, recipe, scope, batch_size=cfg.batch_size, lr=cfg.lr,
+                       seed=cfg.seed, device=device, desc="sparse", on_epoch=_log_epoch,
+                       log_dir=folder / "logs")
+        model.cpu()
+        torch.save(model.state_dict(), work / "model.pt")
+        tracking.log_json([asdict(h) for h in result.history], "history.json")
+        report_ = _finish_model(cfg, use_case, data, model, scope, "sparse", child.info.run_id,
+                                result.history, result.seconds, work, engines=("deepsparse",))
+    return _Trained(report_, model)
+
+
+def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, model: nn.Module,
+                  scope: PruningScope, role: str, run_id: str, history: list[EpochStats], seconds: float,
+                  work: Path, engines: tuple[str, ...]) -> ModelReport:
+    """Evaluate in PyTorch, export, check the ONNX file on the engine, benchmark; log it all."""
+    metrics = use_case.evaluate(torch_predictor(model, torch.device("cpu")), data, cfg.batch_size)
+    sparsity, per_layer = scope_sparsity(model, scope)
+    input_names, output_names = use_case.io_names(data)
+    sample = use_case.sample_inputs(data, 2)
+    exported = export_onnx(model, tuple(torch.from_numpy(x) for x in sample), work,
+                           input_names=input_names, output_names=output_names)
+    settings, (check_engine, check_bs), notes = _engine_settings(
+        exported.path, engines, (1, cfg.benchmark_batch_size))
+    engine = load_engine(exported.path, check_engine, batch_size=check_bs)
+    onnx_metrics = use_case.evaluate(lambda xs: predict_batches(engine, xs), data, check_bs)
+    del engine
+    rows = use_case.sample_inputs(data, cfg.benchmark_batch_size)
+    benchmarks: dict[str, BenchmarkResult] = {}
+    for name, bs in settings:
+        print(f"Benchmarking the {role} model on {name}, batch size {bs}...")
+        benchmarks[f"{name}.bs{bs}"] = benchmark(exported.path, rows, engine=name, batch_size=bs,
+                                                iterations=cfg.benchmark_iterations,
+                                                warmup_iterations=max(3, cfg.benchmark_iterations // 5))
+    rep = ModelReport(role, run_id, metrics, onnx_metrics, check_engine, exported, benchmarks, history,
+                      per_layer, sparsity, seconds, notes=notes)
+    for note in notes:
+        print(f"note: {note}")
+    if notes:
+        mlflow.set_tag("sparsify.engine_fallback", "; ".join(notes)[:5000])
+    tracking.log_metrics(rep.flat_metrics())
+    tracking.log_rows(_sparsity_rows(per_layer, scope), "sparsity_per_layer.json")
+    for table, rows_ in metrics.tables.items():
+        tracking.log_rows(rows_, f"{table}.json")
+    mlflow.log_artifact(str(exported.path), "onnx")
+    return rep
+
+
+def _engine_settings(path: Path, engines: tuple[str, ...], batch_sizes: tuple[int, ...]
+                     ) -> tuple[list[tuple[str, int]], tuple[str, int], list[str]]:
+    """Which (engine, batch size) pairs to benchmark, which one checks the ONNX metric, and notes.
+
+    DeepSparse is used wherever it is installed, supports the CPU and compiles the file safely at
+    that batch size (probed in a child process); elsewhere ONNX Runtime takes over, with a note.
+    """
+    notes: list[str] = []
+    safe: set[int] = set()
+    if "deepsparse" in engines and deepsparse_status()[0]:
+        for bs, why in probe_deepsparse(path, batch_sizes).items():
+            if why is None:
+                safe.add(bs)
+            else:
+                notes.append(f"DeepSparse cannot compile {path.parent.name}/{path.name} at batch size {bs} "
+                             f"on this CPU ({why}); ONNX Runtime measured it instead")
+    settings: list[tuple[str, int]] = []
+    for engine in engines:
+        for bs in batch_sizes:
+            actual = "onnxruntime" if engine == "deepsparse" and bs not in safe else engine
+            if (actual, bs) not in settings:
+                settings.append((actual, bs))
+    check = ("deepsparse", max(safe)) if safe else ("onnxruntime", batch_sizes[-1])
+    return settings, check, notes
+
+
+def _compare(dense: ModelReport, sparse: ModelReport) -> dict[str, float]:
+    """Drop in the main metric (points) and speedups at matching settings."""
+    out = {"main_drop": round(100 * (dense.metrics.main - sparse.metrics.main), 4)}
+    for key, result in sparse.benchmarks.items():
+        if key in dense.benchmarks:
+            out[f"speedup.{key}"] = result.items_per_second / dense.benchmarks[key].items_per_second
+        ort = dense.benchmarks.get("onnxruntime." + key.split(".", 1)[1])
+        if ort is not None:
+            out[f"speedup_vs_onnxruntime.{key}"] = result.items_per_second / ort.items_per_second
+    return out
+
+
+def _baseline_key(cfg: ExperimentConfig, data: DataBundle) -> str:
+    """What makes two dense baselines the same: model, data, schedule and seed."""
+    fields = {
+        "v": BASELINE_CACHE_VERSION, "use_case": cfg.use_case, "model": cfg.model, "pretrained": cfg.pretrained,
+        "data": data.fingerprint, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "seed": cfg.seed, "image_size": cfg.image_size,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _history_from_json(text: str) -> list[EpochStats]:
+    return [EpochStats(**(row | {"val": Metrics(**row["val"])})) for row in json.loads(text)]
+
+
+def _log_epoch(stats: EpochStats) -> None:
+    tracking.log_metrics({"train.loss": stats.train_loss, "lr": stats.lr, "sparsity.overall": stats.sparsity,
+                          **{f"val.{k}": v for k, v in stats.val.values.items()}}, step=stats.epoch)
+
+
+def _log_data(data: DataBundle) -> None:
+    for warning in data.warnings:
+        print(f"warning: {warning}")
+    if data.skipped:
+        mlflow.log_text("\n".join(data.skipped) + "\n", "data/skipped.txt")
+
+
+def _sparsity_rows(per_layer: dict[str, float], scope: PruningScope) -> list[dict[str, object]]:
+    return [{"parameter": name, "sparsity": round(value, 4), "pruned": name in scope.prune,
+             "kept_dense_because": scope.keep_dense.get(name, "")} for name, value in per_layer.items()]
+
+
+def _log_figures(dense: ModelReport, sparse: ModelReport, plan: RecipePlan, scope: PruningScope,
+                 use_case: UseCase) -> None:
+    import matplotlib.pyplot as plt
+
+    bars: dict[str, dict[str, float]] = {}
+    for side in (dense, sparse):
+        for key, result in side.benchmarks.items():
+            engine, setting = key.split(".", 1)
+            bars.setdefault(setting, {})[f"{side.role} ({engine})"] = result.latency_ms_median
+    figures = {
+        "figures/sparsity_per_layer.png": report.sparsity_figure(sparse.layer_sparsity, plan.target_sparsity,
+                                                                 list(scope.keep_dense)),
+        "figures/metric_per_epoch.png": report.history_figure(
+            dense.history, sparse.history if sparse is not dense else None, dense.metrics.main_name),
+        "figures/latency.png": report.latency_figure(bars),
+    }
+    for path, fig in figures.items():
+        mlflow.log_figure(fig, path)
+        plt.close(fig)
+
+
+def _write_deployment(folder: Path, use_case: UseCase, data: DataBundle, sparse: ModelReport, recipe: str) -> Path:
+    """model.onnx + recipe.yaml + config.json: what a user needs to run the model elsewhere."""
+    deployment = folder / "deployment"
+    deployment.mkdir(parents=True, exist_ok=True)
+    (deployment / "model.onnx").write_bytes(sparse.exported.path.read_bytes())
+    (deployment / "recipe.yaml").write_text(recipe)
+    config = use_case.deployment_config(data) | {"metrics": {sparse.metrics.main_name: sparse.metrics.main}}
+    (deployment / "config.json").write_text(json.dumps(config, indent=2))
+    return deployment
+
+
+def _register(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result: ExperimentResult,
+              recipe: str) -> RegisteredVersion:
+    """Register the sparse ONNX model in its own run, tagged with what a reviewer compares."""
+    sparse, dense = result.sparse, result.dense
+    input_names, output_names = use_case.io_names(data)
+    inputs = dict(zip(input_names, use_case.sample_inputs(data, 2)))
+    engine = load_engine(sparse.exported.path, "onnxruntime", batch_size=2)
+    outputs = dict(zip(output_names, engine.run(list(inputs.values()))))
+    name = cfg.registered_model_name or f"{use_case.name}-{Path(cfg.model).stem}"
+    speedup = result.comparison.get(f"speedup.{sparse.onnx_engine}.bs1", 1.0)
+    main = sparse.metrics.main_name
+    tags = {
+        "use_case": use_case.name, "model": cfg.model, "optim_level": f"{cfg.optim_level:g}",
+        "target_sparsity": f"{result.plan.target_sparsity:g}", "sparsity": f"{sparse.exported.weight_sparsity:.4f}",
+        "main_metric": main, main: f"{sparse.metrics.main:.4f}", "main_drop": f"{result.comparison['main_drop']:.2f}",
+        "speedup": f"{speedup:.2f}", "engine": sparse.onnx_engine,
+        "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest()[:16], "data_fingerprint": data.fingerprint,
+        "parent_run_id": result.parent_run_id,
+    }
+    description = (
+        f"{use_case.name} {cfg.model} at optim level {cfg.optim_level:g}: "
+        f"{sparse.exported.weight_sparsity:.1%} sparse{' + INT8' if result.plan.quantize else ''}; "
+        f"{main} {sparse.metrics.main:.4f} vs dense {dense.metrics.main:.4f} "
+        f"({result.comparison['main_drop']:+.2f} points drop); {sparse.onnx_engine} batch-1 latency "
+        f"{sparse.benchmarks[f'{sparse.onnx_engine}.bs1'].latency_ms_median:.2f} ms vs dense "
+        f"{dense.benchmarks[f'{sparse.onnx_engine}.bs1'].latency_ms_median:.2f} ms ({speedup:.2f}x)."
+    )
+    with mlflow.start_run(run_id=sparse.run_id, nested=True):
+        return register_onnx(sparse.exported.path, name, example_inputs=inputs, example_outputs=outputs,
+                             tags=tags, description=description)
+
+
+def _experiment_folder(cfg: ExperimentConfig, use_case: UseCase) -> Path:
+    """Sparsify's layout: <type>_<use-case>_<date-time>/ with deployment/, training_artifacts/, logs/."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    folder = cfg.working_dir / f"training-aware_{use_case.name}_{stamp}"
+    for sub in ("deployment", "training_artifacts/dense", "training_artifacts/sparse", "logs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _engine_notes() -> list[str]:
+    usable, reason = deepsparse_status()
+    if usable:
+        return []
+    mlflow.set_tag("sparsify.engine_fallback", f"onnxruntime ({reason})")
+    return [f"DeepSparse unavailable ({reason}); benchmarked with ONNX Runtime instead"]

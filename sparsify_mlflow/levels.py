@@ -1,0 +1,241 @@
+"""Optim level -> recipe plan -> sparseml 1.8 recipe YAML.
+
+The optim level is Sparsify's single knob. This module is the one place that decides what a
+level means (sparsity, quantization, schedule), so the dense baseline and every sparse run
+are built from the same rules. It is pure (stdlib + yaml) so it can be tested and used
+without torch; sparseml only sees the YAML string.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import yaml
+
+PRUNE_FROM_LEVEL = 0.3  # below this a level only quantizes
+MIN_SPARSITY, MAX_SPARSITY = 0.60, 0.95  # final sparsity at level 0.3 and at level 1.0
+# Explicit INT8 scheme (sparseml's default, the one DeepSparse runs): asymmetric activations,
+# symmetric weights. Written out so the recipe says what it does.
+INT8_SCHEME = {
+    "input_activations": {"num_bits": 8, "symmetric": False},
+    "weights": {"num_bits": 8, "symmetric": True},
+}
+
+
+@dataclass(frozen=True)
+class PruningScope:
+    """Which parameters a use case prunes and which it keeps dense (decided per use case).
+
+    `prune` holds exact parameter names: sparseml matches plain names exactly (``re:`` prefixes
+    are regexes) and raises at ``manager.modify`` if a name matches nothing. `quant_ignore`
+    entries match module names by *prefix* ("fc" also matches "fc2") or a module class name.
+    """
+
+    prune: tuple[str, ...]
+    keep_dense: dict[str, str]
+    quant_ignore: tuple[str, ...] = ()
+    quant_scheme_overrides: dict[str, dict] = field(default_factory=dict)
+
+
+def validate_level(optim_level: float) -> float:
+    """Return the level as a float, or raise: a silent clamp would run the wrong experiment."""
+    try:
+        level = float(optim_level)
+    except (TypeError, ValueError):
+        raise ValueError(f"optim level {optim_level!r} is not a number") from None
+    if math.isnan(level) or not 0.0 <= level <= 1.0:
+        raise ValueError(f"optim level {optim_level} is outside [0, 1]")
+    return level
+
+
+def target_sparsity(optim_level: float) -> float:
+    """Final unstructured sparsity: 0 below 0.3, then 0.60 -> 0.95 linearly up to 1.0."""
+    level = validate_level(optim_level)
+    if level < PRUNE_FROM_LEVEL:
+        return 0.0
+    frac = (level - PRUNE_FROM_LEVEL) / (1.0 - PRUNE_FROM_LEVEL)
+    return round(MIN_SPARSITY + frac * (MAX_SPARSITY - MIN_SPARSITY), 4)
+
+
+def quantizes(optim_level: float) -> bool:
+    """Every level above 0 trains INT8 QAT; level 0 is the dense FP32 baseline."""
+    return validate_level(optim_level) > 0.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Phase boundaries in (float) epochs; None where the phase does not exist at this level."""
+
+    epochs: float
+    prune_start: float | None
+    prune_end: float | None
+    init_sparsity: float | None
+    update_frequency: float | None
+    qat_start: float | None
+    freeze_bn_epoch: float | None
+    disable_observers_epoch: float | None
+
+
+def _qat_length(epochs: float) -> float:
+    """sparseml's recipe template: 5 QAT epochs for long runs, 2 for medium, a third for tiny ones."""
+    if epochs >= 15:
+        return 5.0
+    if epochs >= 6:
+        return 2.0
+    return epochs / 3.0
+
+
+def _r4(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def _build_schedule(level: float, epochs: int, sparsity: float) -> Schedule:
+    """QAT in the last epochs; pruning ramps over the first half of the rest, then stabilises."""
+    prune: tuple = (None,) * 4
+    qat: tuple = (None,) * 3
+    if level > 0.0:
+        qat_len = _qat_length(epochs)
+        qat_start = epochs - qat_len
+        qat = (qat_start, qat_start + 0.5 * qat_len, qat_start + 0.75 * qat_len)
+        if sparsity > 0.0:
+            ramp = (epochs - qat_len) / 2.0
+            prune = (0.0, ramp, min(0.05, sparsity), ramp / 20.0)
+    return Schedule(float(epochs), *map(_r4, prune), *map(_r4, qat))
+
+
+@dataclass(frozen=True)
+class RecipePlan:
+    """Everything a run needs to know about its recipe, before any YAML or torch is involved."""
+
+    optim_level: float
+    target_sparsity: float
+    quantize: bool
+    epochs: int
+    lr: float
+    final_lr: float
+    schedule: Schedule
+    scope: PruningScope
+
+    def summary(self) -> dict[str, object]:
+        """Flat plain values for MLflow params (None phases are left out: MLflow would log 'None')."""
+        out: dict[str, object] = {
+            "recipe.optim_level": self.optim_level,
+            "recipe.target_sparsity": self.target_sparsity,
+            "recipe.quantize": self.quantize,
+            "recipe.epochs": self.epochs,
+            "recipe.lr": self.lr,
+            "recipe.final_lr": self.final_lr,
+            "recipe.num_pruned_params": len(self.scope.prune) if self.target_sparsity else 0,
+            "recipe.num_dense_params": len(self.scope.keep_dense),
+        }
+        for name, value in vars(self.schedule).items():
+            if name != "epochs" and value is not None:
+                out[f"recipe.schedule.{name}"] = value
+        if self.quantize and self.scope.quant_ignore:
+            out["recipe.quant_ignore"] = ",".join(self.scope.quant_ignore)
+        return out
+
+
+def plan_recipe(
+    optim_level: float, epochs: int, scope: PruningScope, lr: float, final_lr_ratio: float = 0.01
+) -> RecipePlan:
+    """Decide sparsity, quantization and schedule for one run; raises ValueError on bad input."""
+    level = validate_level(optim_level)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    # sparseml's LearningRateFunctionModifier rejects init/final lr outside [0, 1].
+    if not isinstance(lr, (int, float)) or not 0.0 < lr <= 1.0:
+        raise ValueError(f"lr must be in (0, 1], got {lr!r}")
+    if not 0.0 <= final_lr_ratio <= 1.0:
+        raise ValueError(f"final_lr_ratio must be in [0, 1], got {final_lr_ratio!r}")
+    overlap = set(scope.prune) & set(scope.keep_dense)
+    if overlap:
+        raise ValueError(f"parameters both pruned and kept dense: {sorted(overlap)}")
+    sparsity = target_sparsity(level)
+    if sparsity > 0.0 and not scope.prune:
+        raise ValueError(f"optim level {level} prunes but the pruning scope is empty")
+    return RecipePlan(
+        optim_level=level,
+        target_sparsity=sparsity,
+        quantize=quantizes(level),
+        epochs=epochs,
+        lr=float(lr),
+        final_lr=float(f"{lr * final_lr_ratio:.10g}"),
+        schedule=_build_schedule(level, epochs, sparsity),
+        scope=scope,
+    )
+
+
+def _modifier(tag: str, args: dict) -> str:
+    body = yaml.safe_dump(args, sort_keys=False, default_flow_style=False, width=1000)
+    return f"  - !{tag}\n" + "\n".join(f"    {line}" for line in body.splitlines())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _header(plan: RecipePlan) -> list[str]:
+    s, sc = plan.schedule, plan.scope
+    lines = [
+        "# Sparsify-style recipe generated by sparsify_mlflow.levels (sparseml 1.8)",
+        f"# optim level: {plan.optim_level}",
+        f"# target sparsity: {plan.target_sparsity} (unstructured, per parameter)",
+        f"# quantization: {'yes, INT8 QAT (weights + activations)' if plan.quantize else 'no'}",
+        f"# phases (epochs, {plan.epochs} in total):",
+    ]
+    if s.prune_end is not None:
+        lines += [
+            f"#   {s.prune_start} -> {s.prune_end}: GMP pruning, cubic {s.init_sparsity} -> "
+            f"{plan.target_sparsity}, masks updated every {s.update_frequency} epochs",
+            f"#   {s.prune_end} -> {s.qat_start}: stabilisation at {plan.target_sparsity} sparsity",
+        ]
+    elif plan.quantize:
+        lines.append(f"#   0.0 -> {s.qat_start}: dense fine-tune, existing zeros held")
+    else:
+        lines.append(f"#   0.0 -> {s.epochs}: dense training (baseline)")
+    if plan.quantize:
+        lines.append(
+            f"#   {s.qat_start} -> {s.epochs}: QAT (BN stats frozen at {s.freeze_bn_epoch}, "
+            f"observers disabled at {s.disable_observers_epoch})"
+        )
+    lines.append(f"#   learning rate: linear {plan.lr} -> {plan.final_lr} over 0.0 -> {s.epochs}")
+    if plan.target_sparsity or plan.quantize:
+        lines.append(f"# pruned scope: {len(sc.prune)} parameters (listed in params below)")
+    lines.append("# kept dense:" + ("" if sc.keep_dense else " (none)"))
+    lines += [f"#   {name}: {_one_line(why)}" for name, why in sc.keep_dense.items()]
+    if plan.quantize and sc.quant_ignore:
+        lines.append(f"# left in FP32 by QAT: {', '.join(sc.quant_ignore)}")
+    return lines
+
+
+def recipe_yaml(plan: RecipePlan) -> str:
+    """Render the plan as a sparseml recipe: literal values only, with a commented header."""
+    s, sc = plan.schedule, plan.scope
+    out = _header(plan) + ["", "version: 1.1.0", "", "training_modifiers:"]
+    out.append(_modifier("EpochRangeModifier", {"start_epoch": 0.0, "end_epoch": s.epochs}))
+    lr_args = {"start_epoch": 0.0, "end_epoch": s.epochs, "lr_func": "linear",
+               "init_lr": plan.lr, "final_lr": plan.final_lr}
+    out.append(_modifier("LearningRateFunctionModifier", lr_args))
+    if s.prune_end is not None:
+        out += ["", "pruning_modifiers:", _modifier("GMPruningModifier", {
+            "params": list(sc.prune), "init_sparsity": s.init_sparsity,
+            "final_sparsity": plan.target_sparsity, "start_epoch": s.prune_start,
+            "end_epoch": s.prune_end, "update_frequency": s.update_frequency,
+            "inter_func": "cubic", "mask_type": "unstructured", "leave_enabled": True})]
+    elif plan.quantize and sc.prune:
+        out += ["", "pruning_modifiers:", _modifier("ConstantPruningModifier", {
+            "params": list(sc.prune), "start_epoch": 0.0, "end_epoch": s.epochs})]
+    if plan.quantize:
+        # Only keys of the new QuantizationModifier: one legacy-only key would make sparseml
+        # load the legacy class instead (and it rejects scheme/ignore).
+        q_args: dict = {"start_epoch": s.qat_start, "scheme": INT8_SCHEME}
+        if sc.quant_scheme_overrides:
+            q_args["scheme_overrides"] = {k: dict(v) for k, v in sc.quant_scheme_overrides.items()}
+        if sc.quant_ignore:
+            q_args["ignore"] = list(sc.quant_ignore)
+        q_args["freeze_bn_stats_epoch"] = s.freeze_bn_epoch
+        q_args["disable_quantization_observer_epoch"] = s.disable_observers_epoch
+        out += ["", "quantization_modifiers:", _modifier("QuantizationModifier", q_args)]
+    return "\n".join(out) + "\n"

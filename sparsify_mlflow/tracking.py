@@ -1,0 +1,120 @@
+"""Everything that talks to MLflow runs: store selection, run lifecycle, params, metrics, artifacts.
+
+Runs are never left RUNNING: a failure ends them FAILED with the reason as a tag, Ctrl-C as KILLED.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from sparsify_mlflow.errors import TrackingError
+
+FAILURE_TAG = "sparsify.failure_reason"
+PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
+
+
+def resolve_tracking_uri(explicit: str | None, working_dir: Path) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else a sqlite store in the working folder."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{working_dir / 'mlflow.db'}"
+
+
+def connect(tracking_uri: str) -> None:
+    """Point MLflow at the store and fail fast, in one line, if it cannot be used."""
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except Exception as exc:  # network, auth and database errors all surface here
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"MLflow tracking store {tracking_uri} is unusable: {first_line}") from None
+
+
+def ensure_experiment(name: str, working_dir: Path) -> str:
+    """The experiment id: `mlflow run`'s when we run inside it, else `name` (created if missing).
+
+    A new experiment on a local store keeps its artifacts beside the database, in the working folder.
+    """
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (working_dir / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def run(run_name: str, *, experiment_id: str | None = None, nested: bool = False,
+        tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or attach to, under `mlflow run`) a run and close it with the right status."""
+    active = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=nested, tags=tags)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        _end(active, "KILLED", "interrupted by the user")
+        raise
+    except BaseException as exc:
+        _end(active, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def _end(active: mlflow.ActiveRun, status: str, reason: str) -> None:
+    try:
+        MlflowClient().set_tag(active.info.run_id, FAILURE_TAG, reason[:5000])
+    finally:
+        mlflow.end_run(status)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    mlflow.log_params({k: str(v)[:PARAM_VALUE_LIMIT] for k, v in params.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_rows(rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """A table as MLflow table JSON (shown in the UI) and as CSV beside it (for spreadsheets)."""
+    if not rows:
+        return
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    mlflow.log_table(frame, artifact_file=artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / Path(artifact_file).with_suffix(".csv").name
+        frame.to_csv(csv, index=False)
+        folder = str(Path(artifact_file).parent)
+        mlflow.log_artifact(str(csv), artifact_path=None if folder == "." else folder)
+
+
+def log_json(data: Any, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(data, indent=2, default=str), artifact_file)
+
+
+def find_finished_run(experiment_id: str, tag: str, value: str) -> str | None:
+    """The newest FINISHED run of the experiment carrying tag=value, if any."""
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def download(run_id: str, artifact_path: str, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
