@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -45,8 +46,43 @@ def register_onnx(
         signature=signature,
         input_example=example_inputs,
         save_as_external_data=False,
+        onnx_execution_providers=["CPUExecutionProvider"],  # the models are built for CPU engines
     )
-    version = str(info.registered_model_version)
+    return _tag_and_alias(name, str(info.registered_model_version), tags, description, alias)
+
+
+def register_pyfunc(
+    name: str,
+    *,
+    python_model: Path,
+    artifacts: dict[str, str],
+    input_example: Any,
+    signature: Any,
+    pip_requirements: list[str],
+    tags: dict[str, str],
+    description: str,
+    alias: str = CANDIDATE_ALIAS,
+) -> RegisteredVersion:
+    """Log a pyfunc ("models from code": `python_model` is a .py file calling mlflow.models.set_model)
+    with its artifacts (e.g. model.onnx + tokenizer) in the active run and register it.
+
+    For use cases whose users predict on raw inputs (text), not on tensors.
+    """
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(python_model),
+        artifacts=artifacts,
+        input_example=input_example,
+        signature=signature,
+        pip_requirements=pip_requirements,
+        registered_model_name=name,
+    )
+    return _tag_and_alias(name, str(info.registered_model_version), tags, description, alias)
+
+
+def _tag_and_alias(name: str, version: str, tags: dict[str, str], description: str, alias: str
+                   ) -> RegisteredVersion:
+    """Tags, description and alias on a new version; the version is deleted again if any fails."""
     client = MlflowClient()
     try:
         for key, value in tags.items():

@@ -56,7 +56,12 @@ def ensure_experiment(name: str, working_dir: Path) -> str:
 @contextmanager
 def run(run_name: str, *, experiment_id: str | None = None, nested: bool = False,
         tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or attach to, under `mlflow run`) a run and close it with the right status."""
+    """Start (or attach to, under `mlflow run`) a run and close it with the right status.
+
+    A nested run goes into its parent's experiment (MLflow would otherwise use the default one).
+    """
+    if nested and experiment_id is None and mlflow.active_run() is not None:
+        experiment_id = mlflow.active_run().info.experiment_id
     active = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=nested, tags=tags)
     try:
         yield active

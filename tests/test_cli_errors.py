@@ -1,0 +1,97 @@
+"""Bad input through the CLI: one clear line, exit code 2, runs FAILED, nothing registered."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_image_folder, write_image
+from mlflow_checks import assert_failed_cleanly, runs_of
+from sparsify_mlflow.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """Exit code and the error line; the error must be the only `error:` line and the last one."""
+    code = main(list(args))
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) <= 1 and (not errors or lines[-1] == errors[0]), lines
+    assert not any("Traceback" in line for line in lines), lines
+    return code, (errors[0] + "\n") if errors else ""
+
+
+def common(store: str, tmp_path: Path) -> list[str]:
+    return ["--tracking-uri", store, "--working-dir", str(tmp_path / "work")]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--optim-level", "1.5"], "error: --optim-level 1.5 is outside [0, 1]"),
+    (["--optim-level", "-0.2"], "error: --optim-level -0.2 is outside [0, 1]"),
+    (["--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
+    (["--batch-size", "-4"], "error: --batch-size must be a positive integer, got -4"),
+    (["--use-case", "speech"], "error: unknown use case 'speech'; supported:"),
+])
+def test_option_errors_stop_before_any_run(capsys, store, tmp_path, args, message) -> None:
+    code, err = run_cli(capsys, "training-aware", *common(store, tmp_path), *args)
+    assert code == 2
+    assert err.startswith(message)
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert runs_of(store) == []
+
+
+def test_unwritable_output_folder(capsys, store, tmp_path) -> None:
+    (tmp_path / "file").write_text("x")
+    code, err = run_cli(capsys, "training-aware", "--tracking-uri", store,
+                        "--working-dir", str(tmp_path / "file" / "sub"))
+    assert code == 2 and "cannot be created" in err
+
+
+@pytest.mark.parametrize("make_data,message", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "has no class sub-folders"),
+    (lambda p: write_image(p / "one" / "a" / "x.png", 0, np.random.default_rng(0)) or p / "one",
+     "only one class"),
+    (lambda p: (make_image_folder(p / "holes", split=False), (p / "holes" / "class_z").mkdir())[0],
+     "class_z has no images"),
+])
+def test_data_errors_fail_the_run_and_register_nothing(capsys, store, tmp_path, make_data, message) -> None:
+    data = make_data(tmp_path)
+    code, err = run_cli(capsys, "training-aware", *common(store, tmp_path), "--data", str(data))
+    assert code == 2, err
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1
+    assert_failed_cleanly(store, message)
+
+
+def test_unknown_model_fails_the_run(capsys, store, tmp_path) -> None:
+    data = make_image_folder(tmp_path / "d")
+    code, err = run_cli(capsys, "training-aware", *common(store, tmp_path), "--data", str(data),
+                        "--model", "nosuchnet")
+    assert code == 2
+    assert "unknown model 'nosuchnet'" in err and "resnet50" in err
+    assert_failed_cleanly(store, "unknown model")
+
+
+def test_checkpoint_that_is_not_a_state_dict(capsys, store, tmp_path) -> None:
+    data = make_image_folder(tmp_path / "d")
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"garbage")
+    code, err = run_cli(capsys, "training-aware", *common(store, tmp_path), "--data", str(data),
+                        "--model", str(bad))
+    assert code == 2 and "is not a loadable state dict" in err
+    assert_failed_cleanly(store, "state dict")
+
+
+def test_the_console_script_prints_no_traceback(store, tmp_path) -> None:
+    """The installed entry point, in its own process, for the whole user experience."""
+    script = Path(sys.executable).parent / "sparsify.run"
+    proc = subprocess.run([str(script), "training-aware", *common(store, tmp_path), "--data",
+                           str(tmp_path / "nowhere")], capture_output=True, text=True,
+                          env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: data folder")

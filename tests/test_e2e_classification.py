@@ -1,0 +1,125 @@
+"""End to end on a tiny ImageFolder: through the CLI and through `mlflow run`, asserting MLflow."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from mlflow_checks import family, registered_versions
+from sparsify_mlflow.cli import main
+
+pytestmark = pytest.mark.e2e
+
+TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8",
+        "--image-size", "32", "--benchmark-batch-size", "4", "--benchmark-iterations", "3"]
+
+
+def assert_complete_experiment(store: str, summary: dict, level: float, target: float) -> None:
+    parent, children = family(store, summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert set(children) == {"dense", "sparse"}
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    params, metrics = parent.data.params, parent.data.metrics
+    assert float(params["config.optim_level"]) == level
+    assert float(params["recipe.target_sparsity"]) == target
+    for name in ("dense.accuracy", "sparse.accuracy", "sparse.onnx.accuracy", "main_drop",
+                 "sparse.deepsparse.bs1.latency_ms_median", "sparse.deepsparse.bs4.items_per_second",
+                 "dense.onnxruntime.bs1.latency_ms_median", "speedup.deepsparse.bs1",
+                 "sparse.size.onnx_gzip_bytes", "sparse.deepsparse.bs1.fraction_of_supported_ops"):
+        assert name in metrics, name
+    assert metrics["sparse.deepsparse.bs1.fraction_of_supported_ops"] == 1.0
+    assert abs(metrics["sparse.sparsity.exported"] - target) <= 0.02
+    assert abs(metrics["sparse.sparsity.pruned_layers"] - target) <= 0.01
+    client = MlflowClient(tracking_uri=store)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"recipe.yaml", "figures", "experiment"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert figures == {"figures/sparsity_per_layer.png", "figures/metric_per_epoch.png", "figures/latency.png"}
+    deployment = client.list_artifacts(parent.info.run_id, "experiment/deployment")
+    assert {Path(a.path).name for a in deployment} == {"model.onnx", "recipe.yaml", "config.json"}
+    sparse = children["sparse"]
+    history = client.get_metric_history(sparse.info.run_id, "sparsity.overall")
+    assert [m.step for m in history] == [1, 2]
+    assert "val.accuracy" in sparse.data.metrics and "train.loss" in sparse.data.metrics
+
+
+def run_cli(*args: str) -> None:
+    assert main(list(args)) == 0
+
+
+def test_cli_end_to_end_then_a_second_level_reuses_the_baseline(image_folder: Path, store: str, tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    run_cli("training-aware", "--use-case", "image_classification", "--data", str(image_folder),
+            "--optim-level", "0.5", "--tracking-uri", store, "--working-dir", str(tmp_path),
+            "--summary-json", str(summary_path), "--registered-model-name", "tiny", *TINY)
+    summary = json.loads(summary_path.read_text())
+    assert_complete_experiment(store, summary, 0.5, 0.7)
+    assert summary["registered_model"] == {"name": "tiny", "version": "1", "alias": "candidate",
+                                           "model_uri": "models:/tiny@candidate"}
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    version = client.get_model_version_by_alias("tiny", "candidate")
+    assert version.tags["optim_level"] == "0.5" and version.tags["use_case"] == "cv-classification"
+    assert {"sparsity", "accuracy", "main_drop", "speedup", "recipe_sha256", "data_fingerprint"} <= set(version.tags)
+    assert "optim level 0.5" in version.description and "% sparse + INT8" in version.description
+
+    import mlflow.pyfunc  # the registered model serves predictions through the onnx flavor
+    import numpy as np
+
+    model = mlflow.pyfunc.load_model("models:/tiny@candidate")
+    images = np.zeros((2, 3, 32, 32), dtype=np.float32)
+    assert np.asarray(model.predict({"input": images})["logits"]).shape == (2, 2)
+
+    second_path = tmp_path / "second.json"
+    run_cli("training-aware", "--data", str(image_folder), "--optim-level", "0.3", "--tracking-uri", store,
+            "--working-dir", str(tmp_path), "--summary-json", str(second_path), "--registered-model-name", "tiny",
+            *TINY)
+    second = json.loads(second_path.read_text())
+    parent, children = family(store, second["parent_run_id"])
+    assert children["dense"].data.tags["sparsify.reused_from_run"] == summary["dense_run_id"]
+    assert children["dense"].data.params["baseline_key"] == family(store, summary["parent_run_id"])[1]["dense"].data.params["baseline_key"]
+    assert_complete_experiment(store, second, 0.3, 0.6)
+    assert second["registered_model"]["version"] == "2"
+    assert str(client.get_model_version_by_alias("tiny", "candidate").version) == "2"
+
+
+def test_mlflow_run_entry_point(image_folder: Path, store: str, tmp_path: Path) -> None:
+    """`mlflow run . --env-manager local`: the run mlflow creates becomes the parent."""
+    summary_path = tmp_path / "summary.json"
+    params = {"use_case": "cv-classification", "data": str(image_folder), "optim_level": "0.5",
+              "model": "resnet18", "pretrained": "false", "epochs": "2", "batch_size": "8",
+              "image_size": "32", "benchmark_batch_size": "4", "benchmark_iterations": "3",
+              "registered_model_name": "via-mlflow-run", "working_dir": str(tmp_path),
+              "summary_json": str(summary_path)}
+    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
+               "--experiment-name", "mlflow-run-e2e"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    env = os.environ | {"MLFLOW_TRACKING_URI": store,
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert_complete_experiment(store, summary, 0.5, 0.7)
+    parent, _ = family(store, summary["parent_run_id"])
+    assert parent.data.tags.get("mlflow.project.entryPoint") == "main"
+    assert [str(v.version) for v in registered_versions(store)] == ["1"]
+
+
+def test_mlflow_run_with_bad_input_is_marked_failed(store: str, tmp_path: Path) -> None:
+    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
+               "-P", f"data={tmp_path / 'absent'}", "-P", f"working_dir={tmp_path}"]
+    env = os.environ | {"MLFLOW_TRACKING_URI": store,
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode != 0
+    assert "error: data folder" in proc.stderr and "Traceback (most recent call last)" not in proc.stderr.split("error: data folder")[0][-2000:]
+    runs = MlflowClient(tracking_uri=store).search_runs(["0"])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "does not exist" in runs[0].data.tags["sparsify.failure_reason"]
+    assert registered_versions(store) == []
