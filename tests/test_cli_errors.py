@@ -95,3 +95,34 @@ def test_the_console_script_prints_no_traceback(store, tmp_path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: data folder")
+
+
+def test_sigterm_mid_training_ends_the_runs_killed(store, tmp_path) -> None:
+    """A killed job must not leave its runs RUNNING in the store."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    data = make_image_folder(tmp_path / "d", per_class=40)
+    script = Path(sys.executable).parent / "sparsify.run"
+    proc = subprocess.Popen([str(script), "training-aware", *common(store, tmp_path), "--data", str(data),
+                             "--epochs", "50", "--image-size", "32", "--batch-size", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(tracking_uri=store)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+        try:
+            history = [r for r in runs_of(store) if r.info.run_name == "dense-baseline"
+                       and client.get_metric_history(r.info.run_id, "train.loss")]
+        except Exception:  # the store may not exist yet
+            history = []
+        if history:
+            break
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    statuses = {r.info.run_name: r.info.status for r in runs_of(store)}
+    assert set(statuses.values()) == {"KILLED"}, statuses

@@ -123,3 +123,33 @@ def test_mlflow_run_with_bad_input_is_marked_failed(store: str, tmp_path: Path) 
     assert [r.info.status for r in runs] == ["FAILED"]
     assert "does not exist" in runs[0].data.tags["sparsify.failure_reason"]
     assert registered_versions(store) == []
+
+
+def test_level_zero_registers_the_dense_baseline_itself(image_folder: Path, store: str, tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    run_cli("training-aware", "--data", str(image_folder), "--optim-level", "0", "--tracking-uri", store,
+            "--working-dir", str(tmp_path), "--summary-json", str(summary_path), *TINY)
+    summary = json.loads(summary_path.read_text())
+    parent, children = family(store, summary["parent_run_id"])
+    assert set(children) == {"dense"}, "level 0 trains no second model"
+    assert summary["sparse_run_id"] == summary["dense_run_id"]
+    assert parent.data.metrics["main_drop"] == 0.0
+    assert parent.data.metrics["sparse.sparsity.exported"] < 0.01
+    assert "recipe.schedule.qat_start" not in parent.data.params
+    assert summary["registered_model"]["alias"] == "candidate"
+
+
+def test_user_recipe_replaces_the_derived_one(image_folder: Path, store: str, tmp_path: Path, capsys) -> None:
+    assert main(["recipe", "--optim-level", "0.3", "--epochs", "2", "--num-classes", "2"]) == 0
+    recipe = capsys.readouterr().out.replace("final_sparsity: 0.6", "final_sparsity: 0.4")
+    (tmp_path / "mine.yaml").write_text(recipe)
+    summary_path = tmp_path / "summary.json"
+    run_cli("training-aware", "--data", str(image_folder), "--recipe", str(tmp_path / "mine.yaml"),
+            "--tracking-uri", store, "--working-dir", str(tmp_path), "--summary-json", str(summary_path),
+            "--no-register", *TINY)
+    summary = json.loads(summary_path.read_text())
+    assert abs(summary["sparse"]["sparsity.pruned_layers"] - 0.4) < 0.01
+    assert summary["registered_model"] is None and registered_versions(store) == []
+    parent, _ = family(store, summary["parent_run_id"])
+    logged = MlflowClient(tracking_uri=store).download_artifacts(parent.info.run_id, "recipe.yaml", str(tmp_path))
+    assert "final_sparsity: 0.4" in Path(logged).read_text()
