@@ -126,3 +126,15 @@ def test_sigterm_mid_training_ends_the_runs_killed(store, tmp_path) -> None:
     assert proc.returncode == 130, err[-2000:]
     statuses = {r.info.run_name: r.info.status for r in runs_of(store)}
     assert set(statuses.values()) == {"KILLED"}, statuses
+
+
+def test_online_example_fails_clearly_without_internet(store, tmp_path) -> None:
+    """The guide's ResNet-50/Imagenette example: offline it must say what to do, in one line."""
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                        "SPARSIFY_MLFLOW_CACHE": str(tmp_path / "cache"),
+                        "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    example = Path(__file__).resolve().parents[1] / "examples" / "cv_classification_resnet50_imagenette.sh"
+    proc = subprocess.run(["bash", str(example), *common(store, tmp_path)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: could not download dataset 'imagenette'")
+    assert_failed_cleanly(store, "could not download")

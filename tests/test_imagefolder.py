@@ -79,3 +79,15 @@ def test_val_class_missing_from_train(tmp_path: Path) -> None:
     write_image(root / "val" / "class_new" / "x.png", 1, np.random.default_rng(0))
     with pytest.raises(DataError, match="has classes not in .*train: class_new"):
         scan_image_folder(root, seed=0)
+
+
+def test_named_dataset_without_internet_says_what_to_do(monkeypatch, tmp_path: Path) -> None:
+    from sparsify_mlflow.data.downloads import named_image_dataset
+
+    monkeypatch.setenv("SPARSIFY_MLFLOW_CACHE", str(tmp_path))
+    for var in ("https_proxy", "HTTPS_PROXY"):  # a closed port: offline even where internet is
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(DataError, match="could not download dataset 'imagenette'.*pass a local ImageFolder"):
+        named_image_dataset("imagenette")
+    assert named_image_dataset("not-a-known-name") is None
+    assert not list((tmp_path / "datasets").glob("imagenette*/*")), "no half-downloaded leftovers"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sparsify_mlflow.config import ExperimentConfig
+from sparsify_mlflow.data.downloads import named_image_dataset
 from sparsify_mlflow.data.fingerprint import fingerprint_files
 from sparsify_mlflow.data.imagefolder import ImageFileDataset, scan_image_folder
 from sparsify_mlflow.levels import PruningScope
@@ -43,6 +44,8 @@ class ImageClassification:
             root = digits_image_folder()
         else:
             root = Path(cfg.data).expanduser()
+            if not root.exists():
+                root = named_image_dataset(cfg.data) or root
         splits = scan_image_folder(root, cfg.seed)
         size = cfg.image_size or (DIGITS_IMAGE_SIZE if embedded else 224)
         resize = int(round(size / 0.875))
