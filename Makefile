@@ -11,10 +11,11 @@ setup:
 run:
 	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" sparsify.run training-aware $(ARGS)
 
-# The whole test suite, end-to-end tests included (what CI runs).
+# The whole test suite, end-to-end tests included (what CI runs). loadgroup keeps the tests
+# sharing one sweep (xdist_group "sweep") on one worker, so the sweep runs once.
 test:
-	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" python -m pytest -n 2 $(ARGS)
+	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" python -m pytest -n 2 --dist loadgroup $(ARGS)
 
 # Everything but the end-to-end runs: the quick loop while developing.
 test-fast:
-	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" python -m pytest -n 2 -m "not e2e" $(ARGS)
+	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" python -m pytest -n 2 --dist loadgroup -m "not e2e" $(ARGS)

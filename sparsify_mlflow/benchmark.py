@@ -83,10 +83,10 @@ def benchmark(
     compile_seconds = time.perf_counter() - start
 
     label = f"{engine} bs{batch_size}"
-    for _ in tqdm(range(warmup_iterations), desc=f"{label} warm-up", leave=False, unit="batch"):
+    for _ in tqdm(range(warmup_iterations), desc=f"{label} warm-up", leave=False, unit="batch", disable=None):
         eng.run(batch)
     times = np.empty(iterations, dtype=np.float64)
-    for i in tqdm(range(iterations), desc=f"{label} benchmark", leave=False, unit="batch"):
+    for i in tqdm(range(iterations), desc=f"{label} benchmark", leave=False, unit="batch", disable=None):
         t0 = time.perf_counter()
         eng.run(batch)
         times[i] = time.perf_counter() - t0

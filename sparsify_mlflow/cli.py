@@ -1,7 +1,9 @@
 """`sparsify.run`: click commands only (parse, build the config, call the experiment, print)."""
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
 import warnings
 from typing import Any
@@ -12,6 +14,8 @@ os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")  # sparseml/deepsparse phone 
 # Third-party import-time chatter that users cannot act on.
 warnings.filterwarnings("ignore", message=r"Field .* has conflict with protected namespace")
 warnings.filterwarnings("ignore", category=FutureWarning)
+for _name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 from sparsify_mlflow.errors import UserError  # noqa: E402
 
@@ -72,8 +76,22 @@ def cli() -> None:
 @click.option("--working-dir", default=".", show_default=True, help="Where the experiment folder and default store go.")
 @click.option("--benchmark-batch-size", type=int, default=16, show_default=True, help="Batch size of the throughput benchmark.")
 @click.option("--benchmark-iterations", type=int, default=30, show_default=True, help="Timed iterations per benchmark.")
+@click.option("--max-seq-length", type=OPT_INT, default=None,
+              help="NLP: tokens per example; the exported ONNX has this fixed length (default 128).")
+@click.option("--text-column", default=None,
+              help="NLP: column with the text (default: auto-detected, e.g. text or sentence).")
+@click.option("--text-pair-column", default=None, help="NLP: second text column, for sentence pairs.")
+@click.option("--label-column", default=None, help="NLP: column with the label (default: label).")
+@click.option("--distill/--no-distill", default=None,
+              help="Distil the sparse model from the dense baseline (default: on for NLP, off for CV).")
+@click.option("--distill-mode", type=TRISTATE, default="auto", hidden=True,
+              help="MLproject's spelling of --distill/--no-distill (auto/true/false).")
+@click.option("--distill-hardness", type=OPT_FLOAT, default=None,
+              help="Weight of the distillation loss against the task loss, 0..1 (default 0.5).")
+@click.option("--distill-temperature", type=OPT_FLOAT, default=None,
+              help="Softmax temperature of the distillation loss (default 2.0).")
 def training_aware(use_case: str, no_register: bool, register_value: str, pretrained_weights: str,
-                   **options: Any) -> None:
+                   distill_mode: str, **options: Any) -> None:
     """Fine-tune a dense baseline and a pruned + INT8 model, compare them, register the sparse one."""
     from sparsify_mlflow.config import build_config
     from sparsify_mlflow.experiment import run_training_aware
@@ -82,6 +100,8 @@ def training_aware(use_case: str, no_register: bool, register_value: str, pretra
     options["register"] = not no_register and register_value.lower() != "false"
     if options["pretrained"] is None and pretrained_weights.lower() != "auto":
         options["pretrained"] = pretrained_weights.lower() == "true"
+    if options["distill"] is None and distill_mode.lower() != "auto":
+        options["distill"] = distill_mode.lower() == "true"
     cfg = build_config(use_case, **options)
     result = run_training_aware(cfg)
     print_summary(result)
@@ -100,7 +120,7 @@ def recipe(use_case: str, optim_level: float, epochs: int | None, model: str | N
            num_classes: int) -> None:
     """Print the sparseml recipe YAML an optim level derives to, without training."""
     from sparsify_mlflow.config import build_config
-    from sparsify_mlflow.levels import plan_recipe, recipe_yaml
+    from sparsify_mlflow.levels import Distillation, plan_recipe, recipe_yaml
     from sparsify_mlflow.usecases import resolve
 
     cfg = build_config(use_case, optim_level=optim_level, epochs=epochs, model=model, lr=lr)
@@ -108,11 +128,116 @@ def recipe(use_case: str, optim_level: float, epochs: int | None, model: str | N
     cfg = cfg.with_defaults(model=case.default_model, epochs=case.default_epochs,
                             batch_size=case.default_batch_size, lr=case.default_lr)
     built, _ = case.create_model(cfg, num_classes, pretrained=False)
-    click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, case.pruning_scope(built), cfg.lr)), nl=False)
+    distillation = Distillation() if getattr(case, "default_distill", False) else None  # as training-aware does
+    click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, case.pruning_scope(built), cfg.lr,
+                                       distillation=distillation)), nl=False)
+
+
+
+def _apply_spellings(options: dict[str, Any]) -> dict[str, Any]:
+    """Fold MLproject's spellings of the flag options (register, pretrained, distill) into config values."""
+    no_register, register_value = options.pop("no_register", False), options.pop("register_value", "auto")
+    pretrained_weights, distill_mode = options.pop("pretrained_weights", "auto"), options.pop("distill_mode", "auto")
+    options["register"] = not no_register and register_value.lower() != "false"
+    if options.get("pretrained") is None and pretrained_weights.lower() != "auto":
+        options["pretrained"] = pretrained_weights.lower() == "true"
+    if options.get("distill") is None and distill_mode.lower() != "auto":
+        options["distill"] = distill_mode.lower() == "true"
+    return options
+
+
+@cli.command("sweep")
+@click.option("--optim-levels", default="0.1,0.3,0.5,0.7,1.0", show_default=True,
+              help="Comma-separated optim levels; the dense baseline is trained once for all of them.")
+@click.option("--max-metric-drop", type=OPT_FLOAT, default=None,
+              help="Recommend the fastest level losing at most this many points of the main metric.")
+@click.option("--min-speedup", type=OPT_FLOAT, default=None,
+              help="...and at least this batch-1 speedup over the dense baseline (x).")
+def sweep(optim_levels: str, max_metric_drop: float | None, min_speedup: float | None, use_case: str,
+          **options: Any) -> None:
+    """Run the training-aware experiment at several optim levels; compare, plot the Pareto front, recommend."""
+    from sparsify_mlflow.config import build_config
+    from sparsify_mlflow.summary import print_sweep_summary, write_sweep_summary_json
+    from sparsify_mlflow.sweep import build_sweep_options, run_sweep
+
+    sweep_options = build_sweep_options(optim_levels, max_metric_drop, min_speedup)
+    if options.get("recipe"):
+        raise UserError("--recipe does not combine with sweep: every level would train the same recipe")
+    cfg = build_config(use_case, optim_level=sweep_options.levels[0], **_apply_spellings(options))
+    result = run_sweep(cfg, sweep_options)
+    print_sweep_summary(result)
+    if cfg.summary_json:
+        write_sweep_summary_json(result, cfg.summary_json)
+
+
+# Every training-aware option except the single level (click options, shared by name with MLproject).
+sweep.params.extend(p for p in training_aware.params if p.name != "optim_level")
+
+
+@cli.command("promote")
+@click.option("--registered-model-name", required=True, help="The registered model.")
+@click.option("--version", default=None, help="The version to promote (or give --alias).")
+@click.option("--alias", default=None, help="Promote the version holding this alias, e.g. candidate or recommended.")
+@click.option("--to", "to", default="champion", show_default=True, help="The alias to move to that version.")
+@click.option("--max-metric-drop", type=OPT_FLOAT, default=None,
+              help="Refuse if the version lost more points of the main metric than this (tag main_drop).")
+@click.option("--min-speedup", type=OPT_FLOAT, default=None,
+              help="Refuse if its batch-1 speedup over the dense baseline is below this (tag speedup).")
+@click.option("--reason", default=None, help="Why: recorded on the version with who and when.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///./mlflow.db.")
+def promote(registered_model_name: str, version: str | None, alias: str | None, to: str,
+            max_metric_drop: float | None, min_speedup: float | None, reason: str | None,
+            tracking_uri: str | None) -> None:
+    """Move an alias (champion) to a version after checking its gates; the old holder stays previous-<alias>."""
+    from pathlib import Path
+
+    from sparsify_mlflow import tracking
+    from sparsify_mlflow.promote import Gates
+    from sparsify_mlflow.promote import promote as run_promote
+
+    tracking.connect(tracking.resolve_tracking_uri(tracking_uri or None, Path(".").resolve()))
+    done = run_promote(registered_model_name, to=to, version=version or None, alias=alias or None,
+                       gates=Gates(max_metric_drop, min_speedup), reason=reason)
+    if not done.changed:
+        click.echo(f"{done.name} version {done.version} already is @{done.alias}; nothing changed")
+        return
+    before = (f" (version {done.previous_version} is now @{done.previous_alias})" if done.previous_version
+              else " (no previous holder)")
+    click.echo(f"Promoted {done.name} version {done.version} to @{done.alias}{before}; "
+               f"checks: {'; '.join(done.checks)}; by {done.by} at {done.at}")
+
+
+@cli.command("benchmark")
+@click.option("--model-uri", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION.")
+@click.option("--batch-size", "batch_sizes", default="1,16", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--engine", type=click.Choice(["deepsparse", "onnxruntime", "both"]), default="deepsparse",
+              show_default=True, help="Engine(s); DeepSparse falls back to ONNX Runtime where it cannot run.")
+@click.option("--iterations", type=int, default=30, show_default=True, help="Timed iterations per batch size.")
+@click.option("--experiment-name", default=None, help="MLflow experiment of the benchmark run (default sparsify-benchmarks).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///./mlflow.db.")
+def benchmark_command(model_uri: str, batch_sizes: str, engine: str, iterations: int,
+                      experiment_name: str | None, tracking_uri: str | None) -> None:
+    """Benchmark a registered model's ONNX file and log the figures to a run linked to that version."""
+    from sparsify_mlflow.model_benchmark import DEFAULT_EXPERIMENT, benchmark_registered, parse_batch_sizes
+    from sparsify_mlflow.report import print_table
+
+    done = benchmark_registered(model_uri, batch_sizes=parse_batch_sizes(batch_sizes), engine=engine,
+                                iterations=iterations, tracking_uri=tracking_uri or None,
+                                experiment_name=experiment_name or DEFAULT_EXPERIMENT)
+    print_table(f"{done.name} version {done.version} ({done.model_uri}; inputs: {done.input_source})",
+                ("engine / batch", "latency median (ms)", "p90 (ms)", "items/s"),
+                [(key, f"{r.latency_ms_median:.2f}", f"{r.latency_ms_p90:.2f}", f"{r.items_per_second:.1f}")
+                 for key, r in done.results.items()])
+    click.echo(f"Logged to run {done.run_id}; tagged on the version as benchmark_run_id")
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a user's mistake is one line on stderr and exit code 2, never a traceback."""
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up promptly in logs and pipes
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the MLflow runs KILLED, not RUNNING forever
     try:
         cli.main(args=argv, prog_name="sparsify.run", standalone_mode=False)
     except UserError as exc:

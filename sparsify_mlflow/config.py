@@ -39,16 +39,29 @@ class ExperimentConfig:
     working_dir: Path = Path(".")
     benchmark_batch_size: int = 16
     benchmark_iterations: int = 30
+    # NLP use cases (ignored by the others)
+    max_seq_length: int = 128          # tokens per example; the exported ONNX has this fixed length
+    text_column: str | None = None     # None: auto-detected (text, sentence, sentence1/sentence2, ...)
+    text_pair_column: str | None = None
+    label_column: str | None = None    # None: "label"
+    distill: bool | None = None        # None: the use case's default (on for NLP, off for CV)
+    distill_hardness: float = 0.5      # weight of the distillation loss vs the task loss
+    distill_temperature: float = 2.0
 
-    def with_defaults(self, *, model: str, epochs: int, batch_size: int, lr: float) -> ExperimentConfig:
+    def with_defaults(self, *, model: str, epochs: int, batch_size: int, lr: float,
+                      pretrained: bool | None = None, distill: bool = False) -> ExperimentConfig:
         """Fill the options the user left to the use case.
 
         Pretrained weights are the default only for a model the user named: the embedded default
-        model trains from scratch so the default run needs no network.
+        model trains from scratch so the default run needs no network. A use case whose default
+        model ships its weights (NLP) passes `pretrained=True`.
         """
+        if pretrained is None:
+            pretrained = self.model is not None
         return replace(
             self,
-            pretrained=self.model is not None if self.pretrained is None else self.pretrained,
+            pretrained=pretrained if self.pretrained is None else self.pretrained,
+            distill=distill if self.distill is None else self.distill,
             model=self.model or model,
             epochs=self.epochs or epochs,
             batch_size=self.batch_size or batch_size,
@@ -56,8 +69,12 @@ class ExperimentConfig:
         )
 
     def as_params(self) -> dict[str, Any]:
-        """Flat, string-friendly view for mlflow.log_params (None shown as empty)."""
-        return {k: ("" if v is None else str(v)) for k, v in asdict(self).items()}
+        """The resolved config for mlflow.log_params, as `config.<option>`.
+
+        Prefixed because `mlflow run` has already logged the raw MLproject parameters under the
+        bare names, and MLflow refuses to change a logged param.
+        """
+        return {f"config.{k}": ("" if v is None else str(v)) for k, v in asdict(self).items()}
 
 
 def _blank_to_none(value: Any) -> Any:
@@ -82,13 +99,15 @@ def build_config(use_case: str, **options: Any) -> ExperimentConfig:
         raise ConfigError(f"--optim-level {level:g} is outside [0, 1]")
     opts["optim_level"] = level
 
-    for name in ("epochs", "batch_size", "image_size", "benchmark_batch_size", "benchmark_iterations"):
+    for name in ("epochs", "batch_size", "image_size", "benchmark_batch_size", "benchmark_iterations",
+                 "max_seq_length"):
         value = opts.get(name)
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
     lr = opts.get("lr")
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ConfigError(f"--lr must be a positive number, got {lr!r}")
+    _check_distillation(canonical, opts)
     device = (opts.get("device") or "auto").lower()
     if device not in DEVICES and not device.startswith("cuda:"):
         raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
@@ -115,6 +134,21 @@ def build_config(use_case: str, **options: Any) -> ExperimentConfig:
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
     return ExperimentConfig(use_case=canonical, **{k: v for k, v in opts.items() if v is not None})
+
+
+def _check_distillation(use_case: str, opts: dict[str, Any]) -> None:
+    """--distill needs a use case that can distil; hardness in [0, 1], temperature > 0."""
+    from sparsify_mlflow import usecases
+
+    if opts.get("distill") and not hasattr(usecases.resolve(use_case), "distillation_step"):
+        raise ConfigError(f"--distill is not supported by {use_case} (NLP use cases only)")
+    hardness = opts.get("distill_hardness")
+    if hardness is not None and not (isinstance(hardness, (int, float)) and 0.0 <= hardness <= 1.0):
+        raise ConfigError(f"--distill-hardness must be in [0, 1], got {hardness!r}")
+    temperature = opts.get("distill_temperature")
+    if temperature is not None and not (isinstance(temperature, (int, float)) and 0.0 < temperature
+                                        and math.isfinite(temperature)):
+        raise ConfigError(f"--distill-temperature must be a positive number, got {temperature!r}")
 
 
 def _check_writable(folder: Path) -> None:

@@ -17,13 +17,13 @@ import mlflow
 import torch
 from torch import nn
 
-from sparsify_mlflow import report, tracking, usecases
+from sparsify_mlflow import report, stages, tracking, usecases
 from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.engines import deepsparse_status, load_engine, predict_batches, probe_deepsparse
 from sparsify_mlflow.export import ExportedModel, export_onnx
-from sparsify_mlflow.levels import PruningScope, RecipePlan, plan_recipe, recipe_yaml
-from sparsify_mlflow.registry import RegisteredVersion, register_onnx
+from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
+from sparsify_mlflow.registry import CANDIDATE_ALIAS, RegisteredVersion, register_onnx, register_pyfunc
 from sparsify_mlflow.training import EpochStats, resolve_device, scope_sparsity, torch_predictor, train
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, UseCase
 
@@ -83,49 +83,106 @@ class ExperimentResult:
 
 
 def run_training_aware(cfg: ExperimentConfig) -> ExperimentResult:
-    use_case = usecases.resolve(cfg.use_case)
-    cfg = cfg.with_defaults(model=use_case.default_model, epochs=use_case.default_epochs,
-                            batch_size=use_case.default_batch_size, lr=use_case.default_lr)
-    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri, cfg.working_dir)
-    tracking.connect(tracking_uri)
-    experiment_id = tracking.ensure_experiment(cfg.experiment_name, cfg.working_dir)
+    cfg, use_case, tracking_uri, experiment_id = open_store(cfg)
     folder = _experiment_folder(cfg, use_case)
+    clock = stages.start()  # stage_seconds.* metrics + timing/stages.json (benchmarks/ reads them)
     with tracking.run(f"{use_case.name}-{Path(cfg.model).stem}-L{cfg.optim_level:g}",
                       experiment_id=experiment_id, tags={"sparsify.use_case": use_case.name}) as parent:
         tracking.log_params(cfg.as_params())
-        data = use_case.load_data(cfg)
-        _log_data(data)
-        model = use_case.build_model(cfg, data)
-        tracking.log_params(data.info | {"data.fingerprint": data.fingerprint, "data.source": data.source})
-        scope = use_case.pruning_scope(model)
-        plan = plan_recipe(cfg.optim_level, cfg.epochs, scope, cfg.lr)
-        tracking.log_params(plan.summary())
-        recipe = cfg.recipe.read_text() if cfg.recipe else recipe_yaml(plan)
-        mlflow.log_text(recipe, "recipe.yaml")
-        device = resolve_device(cfg.device)
-        mlflow.set_tag("sparsify.device", str(device))
-        notes = _engine_notes()
+        session = prepare(cfg, use_case, experiment_id, tracking_uri)
+        plan, recipe = plan_level(session, cfg)
+        dense = train_dense_baseline(session, folder)
+        result = finish_level(session, cfg, dense, plan, recipe, folder, parent.info.run_id)
+        tracking.log_metrics(clock.metrics())
+        mlflow.log_dict(clock.as_dict(), "timing/stages.json")
+    return result
 
-        dense = _dense_baseline(cfg, use_case, data, model, scope, experiment_id, device, folder)
-        if cfg.optim_level == 0 and cfg.recipe is None:
-            sparse = dense  # level 0: the input model (fine-tuned) is the result
-            notes.append("optim level 0: no sparsification; the dense baseline is the result")
-        else:
-            sparse = _training_aware(cfg, use_case, data, dense.model, scope, recipe, device, folder)
-        comparison = _compare(dense.report, sparse.report)
-        tracking.log_metrics(comparison)
-        for role, side in (("dense", dense.report), ("sparse", sparse.report)):
-            tracking.log_metrics({f"{role}.{k}": v for k, v in side.flat_metrics().items()})
+
+# The steps of run_training_aware, public so that a sweep prepares data, model and dense baseline
+# once and runs only plan_level + finish_level per optim level (sweep.py).
+
+@dataclass
+class Session:
+    """What every optim level of one model on one dataset shares, prepared once in the parent run."""
+
+    cfg: ExperimentConfig
+    use_case: UseCase
+    data: DataBundle
+    model: nn.Module               # the input model; the dense baseline fine-tunes it in place
+    scope: PruningScope
+    device: torch.device
+    experiment_id: str
+    tracking_uri: str
+    notes: list[str]
+
+
+def open_store(cfg: ExperimentConfig) -> tuple[ExperimentConfig, UseCase, str, str]:
+    """Use-case defaults, tracking store and experiment id: everything before the first run starts."""
+    use_case = usecases.resolve(cfg.use_case)
+    cfg = cfg.with_defaults(model=use_case.default_model, epochs=use_case.default_epochs,
+                            batch_size=use_case.default_batch_size, lr=use_case.default_lr,
+                            pretrained=getattr(use_case, "default_pretrained", None),
+                            distill=getattr(use_case, "default_distill", False))
+    tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri, cfg.working_dir)
+    tracking.connect(tracking_uri)
+    return cfg, use_case, tracking_uri, tracking.ensure_experiment(cfg.experiment_name, cfg.working_dir)
+
+
+def prepare(cfg: ExperimentConfig, use_case: UseCase, experiment_id: str, tracking_uri: str) -> Session:
+    """In the active run: load the data, build the model, find the pruning scope and the device."""
+    data = use_case.load_data(cfg)
+    _log_data(data)
+    model = use_case.build_model(cfg, data)
+    tracking.log_params(data.info | {"data.fingerprint": data.fingerprint, "data.source": data.source})
+    scope = use_case.pruning_scope(model)
+    device = resolve_device(cfg.device)
+    mlflow.set_tag("sparsify.device", str(device))
+    return Session(cfg, use_case, data, model, scope, device, experiment_id, tracking_uri, _engine_notes())
+
+
+def plan_level(session: Session, cfg: ExperimentConfig) -> tuple[RecipePlan, str]:
+    """The level's recipe plan and YAML (the user's --recipe if given), logged to the active run."""
+    distillation = Distillation(cfg.distill_hardness, cfg.distill_temperature) if cfg.distill else None
+    plan = plan_recipe(cfg.optim_level, cfg.epochs, session.scope, cfg.lr, distillation=distillation)
+    tracking.log_params(plan.summary())
+    recipe = cfg.recipe.read_text() if cfg.recipe else recipe_yaml(plan)
+    mlflow.log_text(recipe, "recipe.yaml")
+    return plan, recipe
+
+
+def train_dense_baseline(session: Session, folder: Path) -> _Trained:
+    """The dense baseline as a child of the active run (trained, or reused from the MLflow cache)."""
+    s = session
+    return _dense_baseline(s.cfg, s.use_case, s.data, s.model, s.scope, s.experiment_id, s.device, folder)
+
+
+def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan: RecipePlan, recipe: str,
+                 folder: Path, run_id: str, alias: str | None = CANDIDATE_ALIAS) -> ExperimentResult:
+    """In the active run (`run_id`): train the level's model from the dense baseline, compare both,
+    log figures and the experiment folder, write the deployment folder, register (with `alias`)."""
+    use_case, data, scope = session.use_case, session.data, session.scope
+    notes = list(session.notes)
+    if cfg.optim_level == 0 and cfg.recipe is None:
+        sparse = dense  # level 0: the input model (fine-tuned) is the result
+        notes.append("optim level 0: no sparsification; the dense baseline is the result")
+    else:
+        sparse = _training_aware(cfg, use_case, data, dense.model, scope, recipe, session.device, folder)
+    comparison = _compare(dense.report, sparse.report)
+    tracking.log_metrics(comparison)
+    for role, side in (("dense", dense.report), ("sparse", sparse.report)):
+        tracking.log_metrics({f"{role}.{k}": v for k, v in side.flat_metrics().items()})
+    with stages.stage("tracking"):
         _log_figures(dense.report, sparse.report, plan, scope, use_case)
         deployment = _write_deployment(folder, use_case, data, sparse.report, recipe)
         mlflow.log_artifacts(str(folder), artifact_path="experiment")
-        result = ExperimentResult(cfg, parent.info.run_id, experiment_id, tracking_uri, plan,
-                                  dense.report, sparse.report, comparison, folder, deployment,
-                                  notes=notes + dense.report.notes + (sparse.report.notes if sparse is not dense else []))
-        if cfg.register:
-            result.registered = _register(cfg, use_case, data, result, recipe)
-            mlflow.set_tags({"sparsify.registered_model": result.registered.name,
-                             "sparsify.registered_version": result.registered.version})
+    result = ExperimentResult(cfg, run_id, session.experiment_id, session.tracking_uri, plan,
+                              dense.report, sparse.report, comparison, folder, deployment,
+                              notes=notes + dense.report.notes + (sparse.report.notes if sparse is not dense else []))
+    if cfg.register:
+        with stages.stage("registration"):
+            result.registered = _register(cfg, use_case, data, result, recipe, alias)
+        mlflow.set_tags({"sparsify.registered_model": result.registered.name,
+                         "sparsify.registered_version": result.registered.version})
     return result
 
 
@@ -155,9 +212,10 @@ def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
             for stats in history:
                 _log_epoch(stats)
         else:
-            result = train(model, use_case, data, recipe_yaml(plan), scope, batch_size=cfg.batch_size,
-                           lr=cfg.lr, seed=cfg.seed, device=device, desc="dense", on_epoch=_log_epoch,
-                           log_dir=folder / "logs")
+            with stages.stage("baseline_training"):
+                result = train(model, use_case, data, recipe_yaml(plan), scope, batch_size=cfg.batch_size,
+                               lr=cfg.lr, seed=cfg.seed, device=device, desc="dense", on_epoch=_log_epoch,
+                               log_dir=folder / "logs")
             history, seconds = result.history, result.seconds
         mlflow.log_text(recipe_yaml(plan), "recipe.yaml")
         model.cpu()
@@ -178,9 +236,10 @@ def _training_aware(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
     work = folder / "training_artifacts" / "sparse"
     with tracking.run("training-aware", nested=True, tags={"sparsify.role": "sparse"}) as child:
         mlflow.log_text(recipe, "recipe.yaml")
-        result = train(model, use_case, data, recipe, scope, batch_size=cfg.batch_size, lr=cfg.lr,
-                       seed=cfg.seed, device=device, desc="sparse", on_epoch=_log_epoch,
-                       log_dir=folder / "logs")
+        with stages.stage("training_aware_training"):
+            result = train(model, use_case, data, recipe, scope, batch_size=cfg.batch_size, lr=cfg.lr,
+                           seed=cfg.seed, device=device, desc="sparse", on_epoch=_log_epoch,
+                           log_dir=folder / "logs", teacher=dense_model if cfg.distill else None)
         model.cpu()
         torch.save(model.state_dict(), work / "model.pt")
         tracking.log_json([asdict(h) for h in result.history], "history.json")
@@ -193,24 +252,29 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
                   scope: PruningScope, role: str, run_id: str, history: list[EpochStats], seconds: float,
                   work: Path, engines: tuple[str, ...]) -> ModelReport:
     """Evaluate in PyTorch, export, check the ONNX file on the engine, benchmark; log it all."""
-    metrics = use_case.evaluate(torch_predictor(model, torch.device("cpu")), data, cfg.batch_size)
+    with stages.stage("evaluate"):
+        metrics = use_case.evaluate(torch_predictor(model, torch.device("cpu")), data, cfg.batch_size)
     sparsity, per_layer = scope_sparsity(model, scope)
     input_names, output_names = use_case.io_names(data)
     sample = use_case.sample_inputs(data, 2)
-    exported = export_onnx(model, tuple(torch.from_numpy(x) for x in sample), work,
-                           input_names=input_names, output_names=output_names)
-    settings, (check_engine, check_bs), notes = _engine_settings(
-        exported.path, engines, (1, cfg.benchmark_batch_size))
-    engine = load_engine(exported.path, check_engine, batch_size=check_bs)
-    onnx_metrics = use_case.evaluate(lambda xs: predict_batches(engine, xs), data, check_bs)
-    del engine
+    with stages.stage("export"):
+        exported = export_onnx(model, tuple(torch.from_numpy(x) for x in sample), work,
+                               input_names=input_names, output_names=output_names)
+    with stages.stage("benchmark"):  # the DeepSparse probe compiles in a child process
+        settings, (check_engine, check_bs), notes = _engine_settings(
+            exported.path, engines, (1, cfg.benchmark_batch_size))
+    with stages.stage("evaluate"):
+        engine = load_engine(exported.path, check_engine, batch_size=check_bs)
+        onnx_metrics = use_case.evaluate(lambda xs: predict_batches(engine, xs), data, check_bs)
+        del engine
     rows = use_case.sample_inputs(data, cfg.benchmark_batch_size)
     benchmarks: dict[str, BenchmarkResult] = {}
     for name, bs in settings:
         print(f"Benchmarking the {role} model on {name}, batch size {bs}...")
-        benchmarks[f"{name}.bs{bs}"] = benchmark(exported.path, rows, engine=name, batch_size=bs,
-                                                iterations=cfg.benchmark_iterations,
-                                                warmup_iterations=max(3, cfg.benchmark_iterations // 5))
+        with stages.stage("benchmark"):
+            benchmarks[f"{name}.bs{bs}"] = benchmark(exported.path, rows, engine=name, batch_size=bs,
+                                                    iterations=cfg.benchmark_iterations,
+                                                    warmup_iterations=max(3, cfg.benchmark_iterations // 5))
     rep = ModelReport(role, run_id, metrics, onnx_metrics, check_engine, exported, benchmarks, history,
                       per_layer, sparsity, seconds, notes=notes)
     for note in notes:
@@ -323,11 +387,14 @@ def _write_deployment(folder: Path, use_case: UseCase, data: DataBundle, sparse:
     (deployment / "recipe.yaml").write_text(recipe)
     config = use_case.deployment_config(data) | {"metrics": {sparse.metrics.main_name: sparse.metrics.main}}
     (deployment / "config.json").write_text(json.dumps(config, indent=2))
+    extra_files = getattr(use_case, "deployment_files", None)  # e.g. the tokenizer of NLP use cases
+    if extra_files is not None:
+        extra_files(data, deployment)
     return deployment
 
 
 def _register(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result: ExperimentResult,
-              recipe: str) -> RegisteredVersion:
+              recipe: str, alias: str | None = CANDIDATE_ALIAS) -> RegisteredVersion:
     """Register the sparse ONNX model in its own run, tagged with what a reviewer compares."""
     sparse, dense = result.sparse, result.dense
     input_names, output_names = use_case.io_names(data)
@@ -354,15 +421,26 @@ def _register(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result
         f"{dense.benchmarks[f'{sparse.onnx_engine}.bs1'].latency_ms_median:.2f} ms ({speedup:.2f}x)."
     )
     with mlflow.start_run(run_id=sparse.run_id, nested=True):
+        serving = getattr(use_case, "serving_model", None)  # raw inputs in (text): a pyfunc around the ONNX
+        if serving is not None:
+            return register_pyfunc(name=name, tags=tags, description=description, alias=alias,
+                                   **serving(data, result.deployment_dir))
         return register_onnx(sparse.exported.path, name, example_inputs=inputs, example_outputs=outputs,
-                             tags=tags, description=description)
+                             tags=tags, description=description, alias=alias)
 
 
 def _experiment_folder(cfg: ExperimentConfig, use_case: UseCase) -> Path:
     """Sparsify's layout: <type>_<use-case>_<date-time>/ with deployment/, training_artifacts/, logs/."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    folder = cfg.working_dir / f"training-aware_{use_case.name}_{stamp}"
-    for sub in ("deployment", "training_artifacts/dense", "training_artifacts/sparse", "logs"):
+    return make_folder(cfg.working_dir / f"training-aware_{use_case.name}_{timestamp()}")
+
+
+def timestamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+
+
+def make_folder(folder: Path, parts: tuple[str, ...] = ("deployment", "training_artifacts/dense",
+                                                        "training_artifacts/sparse", "logs")) -> Path:
+    for sub in parts:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -64,6 +64,23 @@ def quantizes(optim_level: float) -> bool:
 
 
 @dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from a teacher (the dense baseline) over the whole sparse run.
+
+    The loss becomes (1 - hardness) * task loss + hardness * KL(student || teacher) at `temperature`.
+    """
+
+    hardness: float = 0.5
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hardness <= 1.0:
+            raise ValueError(f"distillation hardness must be in [0, 1], got {self.hardness!r}")
+        if not self.temperature > 0.0:
+            raise ValueError(f"distillation temperature must be positive, got {self.temperature!r}")
+
+
+@dataclass(frozen=True)
 class Schedule:
     """Phase boundaries in (float) epochs; None where the phase does not exist at this level."""
 
@@ -116,6 +133,7 @@ class RecipePlan:
     final_lr: float
     schedule: Schedule
     scope: PruningScope
+    distillation: Distillation | None = None
 
     def summary(self) -> dict[str, object]:
         """Flat plain values for MLflow params (None phases are left out: MLflow would log 'None')."""
@@ -134,13 +152,22 @@ class RecipePlan:
                 out[f"recipe.schedule.{name}"] = value
         if self.quantize and self.scope.quant_ignore:
             out["recipe.quant_ignore"] = ",".join(self.scope.quant_ignore)
+        out["recipe.distillation"] = self.distillation is not None
+        if self.distillation is not None:
+            out["recipe.distillation.hardness"] = self.distillation.hardness
+            out["recipe.distillation.temperature"] = self.distillation.temperature
         return out
 
 
 def plan_recipe(
-    optim_level: float, epochs: int, scope: PruningScope, lr: float, final_lr_ratio: float = 0.01
+    optim_level: float, epochs: int, scope: PruningScope, lr: float, final_lr_ratio: float = 0.01,
+    distillation: Distillation | None = None,
 ) -> RecipePlan:
-    """Decide sparsity, quantization and schedule for one run; raises ValueError on bad input."""
+    """Decide sparsity, quantization and schedule for one run; raises ValueError on bad input.
+
+    `distillation` adds a DistillationModifier (the trainer must pass the teacher); it is dropped
+    at level 0, which trains the dense baseline itself.
+    """
     level = validate_level(optim_level)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -164,6 +191,7 @@ def plan_recipe(
         final_lr=float(f"{lr * final_lr_ratio:.10g}"),
         schedule=_build_schedule(level, epochs, sparsity),
         scope=scope,
+        distillation=distillation if level > 0.0 else None,
     )
 
 
@@ -201,6 +229,9 @@ def _header(plan: RecipePlan) -> list[str]:
             f"observers disabled at {s.disable_observers_epoch})"
         )
     lines.append(f"#   learning rate: linear {plan.lr} -> {plan.final_lr} over 0.0 -> {s.epochs}")
+    if plan.distillation is not None:
+        lines.append(f"#   distillation from the dense baseline (teacher) over 0.0 -> {s.epochs}: hardness "
+                     f"{plan.distillation.hardness}, temperature {plan.distillation.temperature}")
     if plan.target_sparsity or plan.quantize:
         lines.append(f"# pruned scope: {len(sc.prune)} parameters (listed in params below)")
     lines.append("# kept dense:" + ("" if sc.keep_dense else " (none)"))
@@ -238,4 +269,8 @@ def recipe_yaml(plan: RecipePlan) -> str:
         q_args["freeze_bn_stats_epoch"] = s.freeze_bn_epoch
         q_args["disable_quantization_observer_epoch"] = s.disable_observers_epoch
         out += ["", "quantization_modifiers:", _modifier("QuantizationModifier", q_args)]
+    if plan.distillation is not None:
+        out += ["", "distillation_modifiers:", _modifier("DistillationModifier", {
+            "start_epoch": 0.0, "end_epoch": s.epochs, "hardness": plan.distillation.hardness,
+            "temperature": plan.distillation.temperature})]
     return "\n".join(out) + "\n"

@@ -20,8 +20,8 @@ CANDIDATE_ALIAS = "candidate"
 class RegisteredVersion:
     name: str
     version: str
-    alias: str
-    model_uri: str          # models:/NAME@ALIAS
+    alias: str | None       # None: registered without an alias (the levels of a sweep)
+    model_uri: str          # models:/NAME@ALIAS, or models:/NAME/VERSION without an alias
 
 
 def register_onnx(
@@ -32,7 +32,7 @@ def register_onnx(
     example_outputs: dict[str, np.ndarray],
     tags: dict[str, str],
     description: str,
-    alias: str = CANDIDATE_ALIAS,
+    alias: str | None = CANDIDATE_ALIAS,
 ) -> RegisteredVersion:
     """Log the ONNX model (onnx flavor, signature, input example) in the active run and register it."""
     import onnx
@@ -61,7 +61,8 @@ def register_pyfunc(
     pip_requirements: list[str],
     tags: dict[str, str],
     description: str,
-    alias: str = CANDIDATE_ALIAS,
+    model_config: dict[str, Any] | None = None,
+    alias: str | None = CANDIDATE_ALIAS,
 ) -> RegisteredVersion:
     """Log a pyfunc ("models from code": `python_model` is a .py file calling mlflow.models.set_model)
     with its artifacts (e.g. model.onnx + tokenizer) in the active run and register it.
@@ -75,12 +76,13 @@ def register_pyfunc(
         input_example=input_example,
         signature=signature,
         pip_requirements=pip_requirements,
+        model_config=model_config,  # defaults a caller may override at load time
         registered_model_name=name,
     )
     return _tag_and_alias(name, str(info.registered_model_version), tags, description, alias)
 
 
-def _tag_and_alias(name: str, version: str, tags: dict[str, str], description: str, alias: str
+def _tag_and_alias(name: str, version: str, tags: dict[str, str], description: str, alias: str | None
                    ) -> RegisteredVersion:
     """Tags, description and alias on a new version; the version is deleted again if any fails."""
     client = MlflowClient()
@@ -88,8 +90,9 @@ def _tag_and_alias(name: str, version: str, tags: dict[str, str], description: s
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         client.update_model_version(name, version, description=description)
-        client.set_registered_model_alias(name, alias, version)
+        if alias is not None:
+            client.set_registered_model_alias(name, alias, version)
     except BaseException:
         client.delete_model_version(name, version)
         raise
-    return RegisteredVersion(name, version, alias, f"models:/{name}@{alias}")
+    return RegisteredVersion(name, version, alias, f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}")

@@ -13,6 +13,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 if TYPE_CHECKING:
+    from sparsify_mlflow.pareto import Point
     from sparsify_mlflow.training import EpochStats
 
 
@@ -69,6 +70,54 @@ def latency_figure(bars: dict[str, dict[str, float]]) -> Figure:
     ax.set_ylabel("milliseconds per batch (median)")
     ax.set_title("Latency, dense vs sparse")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(points: Sequence[Point], fronts: dict[str, list[int]], recommended: int | None,
+                  main_name: str, batch_size: int) -> Figure:
+    """Main metric vs batch-1 latency and vs throughput: dense as a star, the Pareto front as a line.
+
+    `fronts` maps "latency"/"throughput" to indices into `points` (pareto.pareto_front).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    panels = (("latency", "latency_ms", "batch-1 latency, ms (lower is better)"),
+              ("throughput", "throughput", f"throughput at batch size {batch_size}, items/s (higher is better)"))
+    for ax, (axis, field, label) in zip(axes, panels):
+        on_front = set(fronts.get(axis, []))
+        labelled: dict[tuple[float, float], int] = {}  # level 0 sits on the dense star: stack the labels
+        for i, p in enumerate(points):
+            x = getattr(p, field)
+            if x is None:
+                continue
+            if p.is_dense:
+                ax.scatter([x], [p.main], marker="*", s=220, color="#d62728", zorder=4, label="dense baseline")
+            else:
+                ax.scatter([x], [p.main], s=60, zorder=3, color="#1f77b4" if i in on_front else "#b0b0b0",
+                           edgecolors="black" if i in on_front else "none")
+            if i == recommended:
+                ax.scatter([x], [p.main], s=380, facecolors="none", edgecolors="#2ca02c", linewidths=2,
+                           zorder=5, label="recommended")
+            stacked = labelled.get((x, p.main), 0)
+            labelled[(x, p.main)] = stacked + 1
+            ax.annotate(p.label, (x, p.main), textcoords="offset points", xytext=(6, 5 - 11 * stacked), fontsize=8)
+        front = [i for i in fronts.get(axis, []) if getattr(points[i], field) is not None]
+        if front:
+            xs = [getattr(points[i], field) for i in front]
+            ys = [points[i].main for i in front]
+            ax.plot(xs, ys, "--", color="#1f77b4", zorder=2, label="Pareto front")
+        xs_all = [getattr(p, field) for p in points if getattr(p, field)]
+        if xs_all and max(xs_all) / min(xs_all) > 20:  # e.g. 1 ms sparse vs 300 ms dense
+            ax.set_xscale("log")
+            label += ", log scale"
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        if unique:
+            ax.legend(unique.values(), unique.keys(), loc="best", fontsize=8)
+    axes[0].set_ylabel(f"validation {main_name}")
+    fig.suptitle(f"Optim-level sweep: {main_name} vs speed (labels: optim level)")
     fig.tight_layout()
     return fig
 

@@ -114,3 +114,89 @@ def summary_dict(result: ExperimentResult) -> dict[str, Any]:
 def write_summary_json(result: ExperimentResult, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary_dict(result), indent=2, default=str))
+
+
+# --- sweeps (sparsify_mlflow.sweep) ---
+
+def sweep_table_rows(rows: list[dict[str, Any]], batch_size: int) -> list[tuple[str, ...]]:
+    """The comparison table for the console: one line per model, dense first."""
+    def num(row: dict[str, Any], key: str, fmt: str) -> str:
+        value = row.get(key)
+        return "-" if value is None or value != value else format(value, fmt)  # None or NaN
+
+    out = []
+    for row in rows:
+        if row["status"] != "FINISHED":
+            out.append((row["level"], "FAILED", "", "", "", "", "", "", ""))
+            continue
+        mark = " *" if row.get("recommended") else ""
+        out.append((row["level"] + mark, num(row, "sparsity", ".1%"), num(row, "main", ".4f"),
+                    num(row, "main_drop", "+.2f"), num(row, "latency_ms_bs1", ".2f"),
+                    num(row, f"items_per_second_bs{batch_size}", ".1f"), num(row, "speedup_bs1", ".2f") + "x",
+                    num(row, "size_mb", ".2f"), str(row.get("registered_version") or "")))
+    return out
+
+
+def print_sweep_summary(result: Any, console: Console | None = None) -> None:
+    import sys
+
+    console = console or Console(width=None if sys.stdout.isatty() else 132)  # logs: no wrapped columns
+    cfg, bs = result.config, result.config.benchmark_batch_size
+    main = result.dense.metrics.main_name
+    engine = next((r["engine"] for r in result.rows if r.get("engine")), "")
+    print_table(f"Sweep: {cfg.use_case} {cfg.model}, optim levels {','.join(f'{x:g}' for x in result.options.levels)}"
+                f" ({engine}; * = recommended)",
+                ("level", "sparsity", main, "drop pt", "bs1 ms", f"bs{bs} items/s", "speedup", "MB", "version"),
+                sweep_table_rows(result.rows, bs), console)
+    for row in result.rows:
+        if row["status"] != "FINISHED":
+            console.print(f"level {row['level']} failed: {row.get('failure_reason', '')} (run {row.get('run_id')})")
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"Recommendation: {result.recommendation.reason}")
+    chosen = result.recommended
+    if chosen is not None and chosen.result.registered:
+        reg = chosen.result.registered
+        console.print(f"Registered [bold]{reg.name}[/] version {reg.version} as @recommended and @candidate "
+                      f"(models:/{reg.name}@recommended)")
+    elif result.registered_model_name:
+        console.print(f"Every finished level is a version of [bold]{result.registered_model_name}[/] "
+                      f"(see the table); no alias was moved")
+    console.print(f"Sweep run {result.parent_run_id}: table sweep_table.json/.csv, figure figures/pareto.png")
+    uri = result.tracking_uri
+    if uri.startswith("sqlite:"):
+        console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
+
+
+def sweep_summary_dict(result: Any) -> dict[str, Any]:
+    chosen = result.recommended
+    return {
+        "tracking_uri": result.tracking_uri,
+        "experiment_id": result.experiment_id,
+        "parent_run_id": result.parent_run_id,
+        "dense_run_id": result.dense.run_id,
+        "use_case": result.config.use_case,
+        "model": result.config.model,
+        "main_metric": result.dense.metrics.main_name,
+        "optim_levels": list(result.options.levels),
+        "max_metric_drop": result.options.max_metric_drop,
+        "min_speedup": result.options.min_speedup,
+        "registered_model": result.registered_model_name,
+        "levels": [{"optim_level": o.level, "run_id": o.run_id, "status": "FINISHED" if o.result else "FAILED",
+                    "error": o.error,
+                    "registered_version": o.result.registered.version if o.result and o.result.registered else None}
+                   for o in result.levels],
+        "table": result.rows,
+        "recommendation": {"reason": result.recommendation.reason,
+                           "optim_level": None if chosen is None else chosen.level,
+                           "run_id": None if chosen is None else chosen.run_id,
+                           "registered_version": chosen.result.registered.version
+                           if chosen is not None and chosen.result.registered else None},
+        "folder": str(result.folder),
+        "notes": result.notes,
+    }
+
+
+def write_sweep_summary_json(result: Any, path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sweep_summary_dict(result), indent=2, default=str))

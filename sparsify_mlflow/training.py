@@ -103,8 +103,14 @@ def train(
     desc: str,
     log_dir: Path,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
-    """Train `model` in place under `recipe` (its epoch range sets the length) and finalize it."""
+    """Train `model` in place under `recipe` (its epoch range sets the length) and finalize it.
+
+    With a `teacher` and a DistillationModifier in the recipe, each step's loss goes through
+    `manager.loss_update` with the student's outputs and inputs (the use case's
+    `distillation_step`), and sparseml mixes in the teacher's soft targets.
+    """
     from sparseml.pytorch.optim import ScheduledModifierManager
 
     # sparseml writes modifier logs to ./sparse_logs unless in "test mode"; keep them in the run's logs/.
@@ -117,7 +123,9 @@ def train(
     model.to(device)
     manager = ScheduledModifierManager.from_yaml(recipe)
     epochs = max(1, math.ceil(manager.max_epochs))
-    optimizer = manager.modify(model, use_case.make_optimizer(model, lr), steps_per_epoch=len(loader))
+    distill = teacher is not None and bool(manager.distillation_modifiers)
+    optimizer = manager.modify(model, use_case.make_optimizer(model, lr), steps_per_epoch=len(loader),
+                               **({"distillation_teacher": teacher} if distill else {}))
     history: list[EpochStats] = []
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -127,7 +135,13 @@ def train(
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", leave=False, disable=None)
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
-            loss = use_case.training_step(model, batch, device)
+            if distill:
+                loss, outputs, inputs = use_case.distillation_step(model, batch, device)
+                loss = manager.loss_update(loss, model, optimizer, optimizer.wrapped_epoch,
+                                           optimizer.wrapped_steps_per_epoch,
+                                           student_outputs=outputs, student_inputs=inputs)
+            else:
+                loss = use_case.training_step(model, batch, device)
             loss.backward()
             optimizer.step()
             losses.append(float(loss))
@@ -148,4 +162,6 @@ def train(
             on_epoch(stats)
     manager.finalize(model)
     model.eval()
+    if teacher is not None:
+        teacher.cpu()  # sparseml moved it next to the inputs
     return TrainResult(history, time.perf_counter() - start, len(loader))

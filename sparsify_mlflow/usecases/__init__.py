@@ -50,4 +50,4 @@ def _load_builtin() -> None:
     """Import the built-in use-case modules once (they call register())."""
     if _REGISTRY:
         return
-    from sparsify_mlflow.usecases import image_classification  # noqa: F401
+    from sparsify_mlflow.usecases import image_classification, text_classification  # noqa: F401

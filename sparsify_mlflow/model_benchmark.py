@@ -1,0 +1,235 @@
+"""Benchmark a registered model (`models:/NAME@ALIAS` or `models:/NAME/VERSION`) and log it to MLflow.
+
+The ONNX file comes from the registry (the onnx flavor's model.onnx, or the model.onnx artifact
+of a pyfunc such as the text classifier). Inputs are the model's input example when it holds the
+graph's tensors, else generated from the graph's input shapes and types. DeepSparse is probed in
+a child process first (it can abort the process on some graphs). The result goes to a new run
+tagged with the model version, and the version gets the run id as its `benchmark_run_id` tag.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from sparsify_mlflow import tracking
+from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
+from sparsify_mlflow.engines import cpu_info, deepsparse_status, probe_deepsparse
+from sparsify_mlflow.errors import ConfigError, UserError
+
+DEFAULT_EXPERIMENT = "sparsify-benchmarks"
+ENGINE_CHOICES = ("deepsparse", "onnxruntime", "both")
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))$")
+
+
+@dataclass
+class RegisteredBenchmark:
+    model_uri: str
+    name: str
+    version: str
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    input_source: str                       # "input_example" or "generated"
+    results: dict[str, BenchmarkResult]     # "deepsparse.bs1", ...
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_batch_sizes(text: str | None) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in (text or "").split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--batch-size must be comma-separated positive integers, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise ConfigError(f"--batch-size must be comma-separated positive integers, got {text!r}")
+    return tuple(dict.fromkeys(sizes))
+
+
+def resolve_model_uri(client: MlflowClient, model_uri: str) -> ModelVersion:
+    match = _URI.match(model_uri.strip())
+    if not match:
+        raise ConfigError(f"--model-uri must look like models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
+    name = match["name"]
+    try:
+        if match["alias"]:
+            return client.get_model_version_by_alias(name, match["alias"])
+        return client.get_model_version(name, match["version"])
+    except MlflowException as exc:
+        first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else type(exc).__name__
+        raise UserError(f"{model_uri} is not in the registry ({first})") from None
+
+
+def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 16), engine: str = "deepsparse",
+                         iterations: int = 30, tracking_uri: str | None = None,
+                         experiment_name: str = DEFAULT_EXPERIMENT, working_dir: Path = Path(".")
+                         ) -> RegisteredBenchmark:
+    if engine not in ENGINE_CHOICES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
+    if iterations < 1:
+        raise ConfigError(f"--iterations must be a positive integer, got {iterations!r}")
+    working_dir = Path(working_dir).resolve()
+    uri = tracking.resolve_tracking_uri(tracking_uri, working_dir)
+    tracking.connect(uri)
+    client = MlflowClient()
+    mv = resolve_model_uri(client, model_uri)
+    name, version = mv.name, str(mv.version)
+    experiment_id = tracking.ensure_experiment(experiment_name, working_dir)
+    with tempfile.TemporaryDirectory(prefix="sparsify-bench-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
+        onnx_path = find_onnx(local)
+        rows, source = model_inputs(local, onnx_path, max(batch_sizes))
+        plan, notes = engine_plan(onnx_path, engine, batch_sizes)
+        tags = {"sparsify.role": "benchmark", "sparsify.model_uri": model_uri, "sparsify.registered_model": name,
+                "sparsify.registered_version": version, "sparsify.source_run_id": mv.run_id or ""}
+        with tracking.run(f"benchmark-{name}-v{version}", experiment_id=experiment_id, tags=tags) as run:
+            cpu = cpu_info()
+            tracking.log_params({"model_uri": model_uri, "registered_model": name, "registered_version": version,
+                                 "engine": engine, "batch_sizes": ",".join(map(str, batch_sizes)),
+                                 "iterations": iterations, "input_source": source,
+                                 **{f"cpu.{k}": v for k, v in cpu.items()}})
+            if notes:
+                mlflow.set_tag("sparsify.engine_fallback", "; ".join(notes)[:5000])
+            results: dict[str, BenchmarkResult] = {}
+            for eng, bs in plan:
+                print(f"Benchmarking {name} version {version} on {eng}, batch size {bs}...")
+                results[f"{eng}.bs{bs}"] = benchmark(onnx_path, rows, engine=eng, batch_size=bs, iterations=iterations,
+                                                     warmup_iterations=max(3, iterations // 5))
+            metrics = {"size.onnx_bytes": float(onnx_path.stat().st_size)}
+            for key, result in results.items():
+                metrics.update(result.as_metrics(key))
+            _log_metrics(mv, metrics)
+            run_id = run.info.run_id
+    summary = "; ".join(f"{k} {r.latency_ms_median:.2f} ms, {r.items_per_second:.1f} items/s"
+                        for k, r in results.items())
+    for key, value in {"benchmark_run_id": run_id, "benchmark_summary": f"{summary} ({cpu.get('model')})",
+                       "benchmark_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}.items():
+        client.set_model_version_tag(name, version, key, value[:5000])
+    return RegisteredBenchmark(model_uri, name, version, run_id, experiment_id, uri, source, results, notes)
+
+
+def find_onnx(model_dir: Path) -> Path:
+    """The ONNX file of a downloaded MLflow model: the onnx flavor's, else the only/first *.onnx."""
+    from mlflow.models import Model
+
+    try:
+        flavor = Model.load(str(model_dir)).flavors.get("onnx")
+    except Exception:  # noqa: BLE001 - no MLmodel file: fall back to searching
+        flavor = None
+    if flavor and (model_dir / flavor.get("data", "model.onnx")).is_file():
+        return model_dir / flavor.get("data", "model.onnx")
+    found = sorted(model_dir.rglob("*.onnx"), key=lambda p: (len(p.parts), str(p)))
+    if not found:
+        raise UserError(f"the registered model has no ONNX file (looked in {model_dir})")
+    return found[0]
+
+
+def model_inputs(model_dir: Path, onnx_path: Path, rows: int) -> tuple[list[np.ndarray], str]:
+    """Arrays for the graph's inputs: the model's input example if it holds them, else generated."""
+    names, specs = graph_inputs(onnx_path)
+    example = _input_example(model_dir)
+    if isinstance(example, dict) and all(n in example for n in names):
+        arrays = [np.asarray(example[n]) for n in names]
+        if all(a.dtype.kind in "fiub" and a.ndim == len(specs[n][0]) and len(a) > 0
+               for a, n in zip(arrays, names)):
+            return [a.astype(specs[n][1], copy=False) for a, n in zip(arrays, names)], "input_example"
+    return generate_inputs(onnx_path, rows), "generated"
+
+
+def _input_example(model_dir: Path) -> object:
+    from mlflow.models import Model
+
+    try:
+        return Model.load(str(model_dir)).load_input_example(str(model_dir))
+    except Exception:  # noqa: BLE001 - no or unreadable example: generate inputs instead
+        return None
+
+
+def graph_inputs(onnx_path: Path) -> tuple[list[str], dict[str, tuple[list[int | None], np.dtype]]]:
+    """Input names in order and, per input, (shape with None for symbolic dims, numpy dtype)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    names, specs = [], {}
+    for value in graph.input:
+        if value.name in inits:
+            continue
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        specs[value.name] = (shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)))
+        names.append(value.name)
+    return names, specs
+
+
+def generate_inputs(onnx_path: Path, rows: int, seed: int = 0) -> list[np.ndarray]:
+    """Inputs with the graph's shapes and types: the batch dimension is `rows`, other symbolic dims
+    128 (a sequence length); floats are standard normal (normalised images), token ids are
+    mid-vocabulary, attention masks ones, token type ids zeros."""
+    rng = np.random.default_rng(seed)
+    names, specs = graph_inputs(onnx_path)
+    out = []
+    for name in names:
+        dims, dtype = specs[name]
+        shape = [rows if i == 0 else (d if d else 128) for i, d in enumerate(dims)]
+        lowered = name.lower()
+        if dtype.kind == "f":
+            array = rng.standard_normal(shape).astype(dtype)
+        elif "mask" in lowered:
+            array = np.ones(shape, dtype)
+        elif "type" in lowered or dtype.kind == "b":
+            array = np.zeros(shape, dtype)
+        else:
+            array = rng.integers(1000, 2000, size=shape).astype(dtype)
+        out.append(array)
+    return out
+
+
+def engine_plan(onnx_path: Path, engine: str, batch_sizes: tuple[int, ...]) -> tuple[list[tuple[str, int]], list[str]]:
+    """(engine, batch size) pairs to measure. DeepSparse only where it is usable and compiles the
+    file at that batch size in a child process; elsewhere ONNX Runtime takes over, with a note."""
+    wanted = ("deepsparse", "onnxruntime") if engine == "both" else (engine,)
+    notes: list[str] = []
+    safe: set[int] = set()
+    if "deepsparse" in wanted:
+        usable, why = deepsparse_status()
+        if not usable:
+            notes.append(f"DeepSparse unavailable ({why}); ONNX Runtime measured instead")
+        else:
+            for bs, failure in probe_deepsparse(onnx_path, batch_sizes).items():
+                if failure is None:
+                    safe.add(bs)
+                else:
+                    notes.append(f"DeepSparse cannot compile the model at batch size {bs} ({failure}); "
+                                 f"ONNX Runtime measured it instead")
+    plan: list[tuple[str, int]] = []
+    for eng in wanted:
+        for bs in batch_sizes:
+            actual = "onnxruntime" if eng == "deepsparse" and bs not in safe else eng
+            if (actual, bs) not in plan:
+                plan.append((actual, bs))
+    for note in notes:
+        print(f"note: {note}")
+    return plan, notes
+
+
+def _log_metrics(mv: ModelVersion, metrics: dict[str, float]) -> None:
+    """Log to the active run and, in MLflow 3, link the figures to the version's logged model so
+    that its page in the UI shows them too."""
+    model_id = getattr(mv, "model_id", None)
+    if not model_id and str(mv.source or "").startswith("models:/m-"):  # source models:/<logged model id>
+        model_id = str(mv.source).removeprefix("models:/")
+    if model_id:
+        try:
+            mlflow.log_metrics(metrics, model_id=model_id)
+            return
+        except MlflowException:
+            pass
+    tracking.log_metrics(metrics)

@@ -1,0 +1,275 @@
+"""Optim-level sweep: the training-aware experiment at several levels, the dense baseline trained once.
+
+Runs in MLflow (each level mirrors a standalone `training-aware` parent run, so the UI's compare
+view lines sweep levels and standalone experiments up under the same names):
+
+    sweep-<use-case>-<model>         role=sweep   comparison table, Pareto figure, recommendation
+    |-- dense-baseline               role=dense   trained once (or reused from the baseline cache)
+    |-- level-0.3                    role=level   config.*, recipe.*, dense.*/sparse.*, main_drop, speedup.*
+    |   `-- training-aware           role=sparse  the level's pruned + INT8 model
+    `-- level-0.5 ...
+
+A level that fails ends its run FAILED (reason in `sparsify.failure_reason`) and the sweep goes on;
+the sweep fails only when every level failed.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from sparsify_mlflow import experiment, pareto, report, stages, tracking
+from sparsify_mlflow.benchmark import BenchmarkResult
+from sparsify_mlflow.config import ExperimentConfig
+from sparsify_mlflow.errors import ConfigError, UserError
+from sparsify_mlflow.registry import CANDIDATE_ALIAS
+
+RECOMMENDED_ALIAS = "recommended"
+TABLE_FILE = "sweep_table.json"          # + sweep_table.csv beside it
+PARETO_FIGURE = "figures/pareto.png"
+
+
+class AllLevelsFailed(UserError):
+    """Every level of the sweep failed; the reasons are in the level runs."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    levels: tuple[float, ...]
+    max_metric_drop: float | None = None     # points
+    min_speedup: float | None = None         # x, batch size 1, against the dense baseline
+
+    def as_params(self) -> dict[str, str]:
+        return {"sweep.optim_levels": ",".join(f"{x:g}" for x in self.levels),
+                "sweep.max_metric_drop": "" if self.max_metric_drop is None else f"{self.max_metric_drop:g}",
+                "sweep.min_speedup": "" if self.min_speedup is None else f"{self.min_speedup:g}"}
+
+
+def build_sweep_options(levels: str | None, max_metric_drop: float | None = None,
+                        min_speedup: float | None = None) -> SweepOptions:
+    """Validate --optim-levels ("0.3,0.5,0.7"), --max-metric-drop and --min-speedup at the door."""
+    text = (levels or "").strip()
+    if not text:
+        raise ConfigError("--optim-levels needs at least one level, e.g. 0.3,0.5,0.7")
+    values: list[float] = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(f"--optim-levels: {part.strip()!r} is not a number (give e.g. 0.3,0.5,0.7)") from None
+        if math.isnan(value) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"--optim-levels: {value:g} is outside [0, 1]")
+        if value in values:
+            raise ConfigError(f"--optim-levels: {value:g} is given twice")
+        values.append(value)
+    if max_metric_drop is not None and not math.isfinite(max_metric_drop):
+        raise ConfigError(f"--max-metric-drop must be a finite number of points, got {max_metric_drop!r}")
+    if min_speedup is not None and not (math.isfinite(min_speedup) and min_speedup > 0):
+        raise ConfigError(f"--min-speedup must be a positive number, got {min_speedup!r}")
+    return SweepOptions(tuple(sorted(values)), max_metric_drop, min_speedup)
+
+
+@dataclass
+class LevelOutcome:
+    level: float
+    run_id: str | None
+    result: experiment.ExperimentResult | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    config: ExperimentConfig
+    options: SweepOptions
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    folder: Path
+    dense: experiment.ModelReport
+    levels: list[LevelOutcome]
+    rows: list[dict[str, Any]]                 # the comparison table, dense first
+    recommendation: pareto.Recommendation      # index into `levels` (not into rows)
+    registered_model_name: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def recommended(self) -> LevelOutcome | None:
+        i = self.recommendation.index
+        return None if i is None else self.levels[i]
+
+
+def run_sweep(cfg: ExperimentConfig, options: SweepOptions) -> SweepResult:
+    cfg, use_case, tracking_uri, experiment_id = experiment.open_store(cfg)
+    root = experiment.make_folder(cfg.working_dir / f"sweep_{use_case.name}_{experiment.timestamp()}",
+                                  ("training_artifacts/dense", "logs"))
+    clock = stages.start()
+    with tracking.run(f"sweep-{use_case.name}-{Path(cfg.model).stem}", experiment_id=experiment_id,
+                      tags={"sparsify.use_case": use_case.name, "sparsify.role": "sweep"}) as parent:
+        params = cfg.as_params()
+        params.pop("config.optim_level")  # each level run logs its own
+        tracking.log_params(params | options.as_params())
+        session = experiment.prepare(cfg, use_case, experiment_id, tracking_uri)
+        dense = experiment.train_dense_baseline(session, root)
+        outcomes = []
+        for n, level in enumerate(options.levels, 1):
+            print(f"=== optim level {level:g} ({n}/{len(options.levels)}) ===")
+            outcomes.append(_run_level(session, cfg, dense, level, root))
+        result = _conclude(cfg, options, parent.info.run_id, experiment_id, tracking_uri, root, dense.report,
+                           outcomes, session.notes)
+        tracking.log_metrics(clock.metrics())
+        mlflow.log_dict(clock.as_dict(), "timing/stages.json")
+        if not any(o.result for o in outcomes):
+            reasons = "; ".join(f"{o.level:g}: {_first_line(o.error)}" for o in outcomes)
+            raise AllLevelsFailed(f"every level of the sweep failed ({reasons})")
+    return result
+
+
+def _run_level(session: experiment.Session, cfg: ExperimentConfig, dense: Any, level: float,
+               root: Path) -> LevelOutcome:
+    """One level in its own child run; an exception ends that run FAILED and is returned, not raised."""
+    level_cfg = replace(cfg, optim_level=level)
+    folder = experiment.make_folder(root / f"level-{level:g}", ("deployment", "training_artifacts/sparse", "logs"))
+    run_id = None
+    try:
+        with tracking.run(f"level-{level:g}", nested=True,
+                          tags={"sparsify.role": "level", "sparsify.optim_level": f"{level:g}",
+                                "sparsify.use_case": session.use_case.name}) as run:
+            run_id = run.info.run_id
+            tracking.log_params(level_cfg.as_params())
+            plan, recipe = experiment.plan_level(session, level_cfg)
+            result = experiment.finish_level(session, level_cfg, dense, plan, recipe, folder, run_id, alias=None)
+        return LevelOutcome(level, run_id, result=result)
+    except Exception as exc:  # noqa: BLE001 - one level's failure must not end the sweep
+        if not isinstance(exc, UserError):
+            traceback.print_exc()
+        reason = f"{type(exc).__name__}: {exc}"
+        print(f"error: optim level {level:g} failed ({_first_line(reason)}); the sweep goes on", file=sys.stderr)
+        return LevelOutcome(level, run_id, error=reason)
+
+
+def _conclude(cfg: ExperimentConfig, options: SweepOptions, parent_id: str, experiment_id: str, tracking_uri: str,
+              root: Path, dense: experiment.ModelReport, outcomes: list[LevelOutcome], notes: list[str]) -> SweepResult:
+    """Table, Pareto fronts, recommendation and figure, logged to the sweep run; aliases moved."""
+    engine = next((o.result.sparse.onnx_engine for o in outcomes if o.result), dense.onnx_engine)
+    bs = cfg.benchmark_batch_size
+    points = [_point("dense", dense, dense, engine, bs, is_dense=True)]
+    done = [o for o in outcomes if o.result]
+    points += [_point(f"{o.level:g}", o.result.sparse, dense, engine, bs) for o in done]
+    fronts = {axis: pareto.pareto_front(points, axis) for axis in ("latency", "throughput")}
+    pick = pareto.recommend(points, options.max_metric_drop, options.min_speedup)
+    recommended = None if pick.index is None else done[pick.index - 1]
+    recommendation = pareto.Recommendation(None if recommended is None else outcomes.index(recommended), pick.reason)
+
+    rows = [_row("dense", dense, dense, engine, bs, "FINISHED", dense.run_id, points[0], 0, fronts, False)]
+    by_level = {id(o): i for i, o in enumerate(done, 1)}
+    for o in outcomes:
+        if o.result:
+            i = by_level[id(o)]
+            rows.append(_row(f"{o.level:g}", o.result.sparse, dense, engine, bs, "FINISHED", o.run_id, points[i], i,
+                             fronts, o is recommended, o.result))
+        else:
+            rows.append({"level": f"{o.level:g}", "status": "FAILED", "run_id": o.run_id or "",
+                         "failure_reason": _first_line(o.error)[:300]})
+    tracking.log_rows(rows, TABLE_FILE)
+    import matplotlib.pyplot as plt
+
+    fig = report.pareto_figure(points, fronts, None if recommended is None else pick.index,
+                               dense.metrics.main_name, bs)
+    mlflow.log_figure(fig, PARETO_FIGURE)
+    plt.close(fig)
+
+    name = next((o.result.registered.name for o in done if o.result.registered), None)
+    tags = {"sparsify.recommendation": pick.reason,
+            "sparsify.levels_failed": ",".join(f"{o.level:g}" for o in outcomes if not o.result)}
+    if name:
+        tags["sparsify.registered_model"] = name
+        _tag_versions(name, parent_id, done)
+    if recommended is not None:
+        tags["sparsify.recommended_level"] = f"{recommended.level:g}"
+        MlflowClient().set_tag(recommended.run_id, "sparsify.recommended", "true")
+        if recommended.result.registered:
+            version = recommended.result.registered.version
+            tags["sparsify.recommended_version"] = version
+            client = MlflowClient()
+            for alias in (RECOMMENDED_ALIAS, CANDIDATE_ALIAS):
+                client.set_registered_model_alias(name, alias, version)
+            client.set_model_version_tag(name, version, "recommended_by_sweep", parent_id)
+    mlflow.set_tags(tags)
+    tracking.log_metrics({"levels.finished": len(done), "levels.failed": len(outcomes) - len(done)}
+                         | ({} if recommended is None else {"recommended_level": recommended.level}))
+    return SweepResult(cfg, options, parent_id, experiment_id, tracking_uri, root, dense, outcomes, rows,
+                       recommendation, name, notes=list(notes))
+
+
+def _tag_versions(name: str, parent_id: str, done: list[LevelOutcome]) -> None:
+    client = MlflowClient()
+    for o in done:
+        if o.result.registered:
+            client.set_model_version_tag(name, o.result.registered.version, "sweep_run_id", parent_id)
+
+
+def _bench(side: experiment.ModelReport, engine: str, bs: int) -> BenchmarkResult | None:
+    """The figure on `engine` at `bs`, else on whichever engine measured it (a DeepSparse fallback)."""
+    exact = side.benchmarks.get(f"{engine}.bs{bs}")
+    return exact or next((r for k, r in side.benchmarks.items() if k.endswith(f".bs{bs}")), None)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def _point(label: str, side: experiment.ModelReport, dense: experiment.ModelReport, engine: str, bs: int,
+           is_dense: bool = False) -> pareto.Point:
+    lat, thr = _bench(side, engine, 1), _bench(side, engine, bs)
+    dense_lat = _bench(dense, engine, 1)
+    return pareto.Point(
+        label=label, main=side.metrics.main,
+        latency_ms=lat.latency_ms_median if lat else None,
+        throughput=thr.items_per_second if thr else None,
+        main_drop=round(100 * (dense.metrics.main - side.metrics.main), 4),
+        speedup=_ratio(dense_lat.latency_ms_median if dense_lat else None, lat.latency_ms_median if lat else None),
+        is_dense=is_dense)
+
+
+def _row(label: str, side: experiment.ModelReport, dense: experiment.ModelReport, engine: str, bs: int,
+         status: str, run_id: str | None, point: pareto.Point, index: int, fronts: dict[str, list[int]],
+         recommended: bool, result: experiment.ExperimentResult | None = None) -> dict[str, Any]:
+    thr, dense_thr = _bench(side, engine, bs), _bench(dense, engine, bs)
+    lat = _bench(side, engine, 1)
+    mb = 1024 * 1024
+    return {
+        "level": label, "status": status,
+        "target_sparsity": 0.0 if result is None else result.plan.target_sparsity,
+        "sparsity": round(side.exported.weight_sparsity, 4),
+        "main_metric": side.metrics.main_name, "main": round(side.metrics.main, 4),
+        "main_drop": point.main_drop,
+        "engine": lat.engine if lat else engine,
+        "latency_ms_bs1": None if point.latency_ms is None else round(point.latency_ms, 3),
+        f"items_per_second_bs{bs}": None if point.throughput is None else round(point.throughput, 1),
+        "speedup_bs1": None if point.speedup is None else round(point.speedup, 3),
+        f"speedup_bs{bs}": _round(_ratio(thr.items_per_second if thr else None,
+                                         dense_thr.items_per_second if dense_thr else None)),
+        "size_mb": round(side.exported.size_bytes / mb, 3),
+        "size_gzip_mb": round(side.exported.gzip_size_bytes / mb, 3),
+        "pareto_latency": index in fronts["latency"], "pareto_throughput": index in fronts["throughput"],
+        "recommended": recommended,
+        "registered_version": "" if result is None or result.registered is None else result.registered.version,
+        "run_id": run_id or "", "failure_reason": "",
+    }
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""

@@ -1,0 +1,77 @@
+"""`python benchmarks/run.py --quick` runs end to end and writes complete results (schema, not speed)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _figure(fig: dict, where: str) -> None:
+    assert set(fig) >= {"median", "unit", "runs"}, where
+    assert isinstance(fig["runs"], list) and fig["runs"], f"{where}: no runs"
+    assert fig["median"] is not None and fig["median"] >= 0, where
+
+
+@pytest.mark.e2e
+def test_quick_suite_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    env = dict(os.environ, NM_DISABLE_ANALYTICS="1", HF_HUB_OFFLINE="1")
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Targets" in proc.stdout  # the printed table
+    check_results(json.loads((out / "results.json").read_text()), (out / "results.md").read_text())
+
+
+def check_results(res: dict, md: str) -> None:
+    """The schema of results.json (and results.md) that README.md documents."""
+    assert res["schema_version"] == 1 and res["mode"] == "quick" and not res["errors"]
+    assert {"isa", "vnni", "cores", "model", "deepsparse_status"} <= set(res["machine"])
+    assert {"torch", "sparseml", "deepsparse", "onnxruntime", "mlflow"} <= set(res["versions"])
+    assert res["settings"]["levels"] and res["wall_seconds"] > 0
+
+    engine = res["sections"]["engine"]
+    assert [m["kind"] for m in engine["models"]] == ["vision", "bert"]
+    for model in engine["models"]:
+        assert [row["level"] for row in model["levels"]] == res["settings"]["levels"]
+        for bs in ("bs1", "bs16"):
+            _figure(model["onnxruntime_dense"][bs]["items_per_second"], f"{model['model']} ORT {bs}")
+        for row in model["levels"]:
+            where = f"{model['model']} level {row['level']}"
+            assert 0.0 <= row["exported_sparsity"] <= 1.0, where
+            assert row["fraction_of_supported_ops"] is not None, where
+            assert row["export"]["export_seconds"] > 0, where
+            for bs in ("bs1", "bs16"):
+                entry = row["deepsparse"][bs]
+                for key in ("latency_ms", "items_per_second", "speedup_vs_deepsparse_dense",
+                            "speedup_vs_onnxruntime_dense"):
+                    _figure(entry[key], f"{where} {bs} {key}")
+                assert len(entry["latency_ms"]["runs"]) == res["settings"]["rounds"], where
+                assert row["compile"][bs]["compile_seconds"] > 0, where
+        dense = next(r for r in model["levels"] if r["level"] == 0)
+        assert dense["deepsparse"]["bs16"]["speedup_vs_deepsparse_dense"]["median"] == pytest.approx(1.0)
+
+    training = res["sections"]["training"]
+    assert {"plain", "dense", "pruning", "qat"} <= set(training["phases"])
+    for phase, fig in training["phases"].items():
+        _figure(fig["step_ms"], f"training {phase}")
+        _figure(fig["step_vs_plain"], f"training {phase}")
+        _figure(fig["peak_rss_mb"], f"training {phase}")
+
+    e2e = res["sections"]["e2e"]
+    _figure(e2e["wall_seconds"], "e2e wall")
+    _figure(e2e["peak_rss_mb"], "e2e peak rss")
+    assert {"baseline_training", "training_aware_training", "export", "benchmark", "registration"} <= set(e2e["stages"])
+
+    names = " ".join(t["name"] for t in res["targets"])
+    assert "level 1" in names and "fully supported" in names and "main job" in names
+    assert all(t["status"] in ("PASS", "FAIL", "N/A") for t in res["targets"])
+    assert "| engine: level |" in md and "Targets" in md

@@ -1,0 +1,51 @@
+"""The MLproject entry points of the compare-and-promote workflow parse into the CLI they wrap.
+
+`mlflow run -e sweep|promote|benchmark` renders a command line from the parameters; these tests
+render it the way MLflow does (its own project loader) and let click parse it, without running.
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from mlflow.projects import _project_spec
+
+from conftest import REPO
+from sparsify_mlflow.cli import cli
+
+REQUIRED = {"promote": {"registered_model_name": "m"}, "benchmark": {"model_uri": "models:/m@champion"}}
+
+
+def parse(entry_point: str, params: dict[str, str], tmp_path: Path):
+    project = _project_spec.load_project(str(REPO))
+    command = project.get_entry_point(entry_point).compute_command(params, str(tmp_path))
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "sparsify_mlflow"], command
+    name, args = words[3], words[4:]
+    return cli.commands[name].make_context(name, args)
+
+
+@pytest.mark.parametrize("entry_point", ["sweep", "promote", "benchmark"])
+def test_defaults_parse(entry_point: str, tmp_path: Path) -> None:
+    ctx = parse(entry_point, REQUIRED.get(entry_point, {}), tmp_path)
+    assert ctx.command.name == entry_point
+
+
+def test_sweep_takes_every_main_parameter_but_the_single_level() -> None:
+    project = _project_spec.load_project(str(REPO))
+    main = set(project.get_entry_point("main").parameters)
+    sweep = set(project.get_entry_point("sweep").parameters)
+    assert main - {"optim_level", "recipe"} <= sweep, "add the new main parameters to the sweep entry point"
+    assert {"optim_levels", "max_metric_drop", "min_speedup"} <= sweep
+
+
+def test_values_reach_the_options(tmp_path: Path) -> None:
+    ctx = parse("sweep", {"optim_levels": "0.3,0.7", "max_metric_drop": "1.5", "epochs": "4"}, tmp_path)
+    assert ctx.params["optim_levels"] == "0.3,0.7" and ctx.params["max_metric_drop"] == 1.5
+    assert ctx.params["epochs"] == 4 and ctx.params["min_speedup"] is None
+    ctx = parse("promote", {"registered_model_name": "m", "alias": "candidate", "min_speedup": "2"}, tmp_path)
+    assert ctx.params["alias"] == "candidate" and ctx.params["version"] == "" and ctx.params["min_speedup"] == 2.0
+    assert ctx.params["to"] == "champion"
+    ctx = parse("benchmark", {"model_uri": "models:/m/3", "engine": "both", "batch_size": "1,4"}, tmp_path)
+    assert (ctx.params["model_uri"], ctx.params["engine"], ctx.params["batch_sizes"]) == ("models:/m/3", "both", "1,4")

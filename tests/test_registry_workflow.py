@@ -1,0 +1,217 @@
+"""Promotion gates and benchmark-by-URI on tiny real ONNX models registered in a private sqlite store.
+
+The versions carry the tags `sparsify.run` puts on what it registers (main_metric, main_drop,
+speedup, ...), so the gates read exactly what they read after a real experiment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sparsify_mlflow.cli import main
+
+
+def tiny_onnx():
+    """logits = input @ W + b: a float input with a symbolic batch dimension, like the exported models."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "W")
+    b = numpy_helper.from_array(np.zeros(3, np.float32), "B")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["input", "W", "B"], ["logits"])], "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def sparsify_tags(drop: float, speedup: float) -> dict[str, str]:
+    """What experiment._register tags a version with (the part the gates read)."""
+    return {"main_metric": "accuracy", "accuracy": "0.9000", "main_drop": f"{drop:.2f}", "speedup": f"{speedup:.2f}",
+            "optim_level": "0.5"}
+
+
+@dataclass
+class Registry:
+    """A registered model of its own (named after the test) in the module's store."""
+
+    store: str
+    client: MlflowClient
+    name: str
+
+    def register(self, tags: dict[str, str], with_example: bool = True) -> str:
+        mlflow.set_tracking_uri(self.store)
+        with mlflow.start_run():
+            example = {"input": np.ones((2, 8), np.float32)} if with_example else None
+            info = mlflow.onnx.log_model(tiny_onnx(), name="model", registered_model_name=self.name,
+                                         input_example=example, save_as_external_data=False,
+                                         onnx_execution_providers=["CPUExecutionProvider"])
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, value)
+        return version
+
+    def promote(self, *args: str) -> int:
+        return main(["promote", "--tracking-uri", self.store, "--registered-model-name", self.name, *args])
+
+    def benchmark(self, *args: str) -> int:
+        return main(["benchmark", "--tracking-uri", self.store, *args])
+
+    def alias_of(self, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except Exception:  # noqa: BLE001 - no such alias
+            return None
+
+    def tags(self, version: str) -> dict[str, str]:
+        return self.client.get_model_version(self.name, version).tags
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """One sqlite store for the module (creating one costs seconds); each test has its own model name."""
+    folder = tmp_path_factory.mktemp("registry")
+    return f"sqlite:///{folder / 'mlflow.db'}", folder
+
+
+@pytest.fixture
+def reg(shared_store: tuple[str, Path], request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    store, folder = shared_store
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reviewer-ann")
+    monkeypatch.chdir(folder)  # artifacts of the default experiment go to ./mlruns
+    return Registry(store, MlflowClient(tracking_uri=store, registry_uri=store), request.node.name[5:45])
+
+
+def test_promote_passes_the_gates_and_records_who_why_when(reg: Registry, capsys) -> None:
+    v1 = reg.register(sparsify_tags(drop=0.4, speedup=3.1))
+    reg.client.set_registered_model_alias(reg.name, "candidate", v1)
+    assert reg.promote("--alias", "candidate", "--to", "champion", "--max-metric-drop", "1",
+                       "--min-speedup", "2", "--reason", "beats the SLA") == 0
+    assert f"Promoted {reg.name} version 1 to @champion (no previous holder)" in capsys.readouterr().out
+    assert reg.alias_of("champion") == v1 and reg.alias_of("previous-champion") is None
+    tags = reg.tags(v1)
+    assert tags["promoted_to"] == "champion" and tags["promoted_by"] == "reviewer-ann"
+    assert tags["promotion_reason"] == "beats the SLA" and tags["promoted_over_version"] == "none"
+    assert tags["promotion_checks"] == "main_drop 0.4 <= 1; speedup 3.1 >= 2"
+    assert tags["promoted_at"].endswith("+00:00")
+
+
+def test_each_gate_refuses_with_one_line_and_changes_nothing(reg: Registry, capsys) -> None:
+    good = reg.register(sparsify_tags(drop=0.2, speedup=2.5))
+    bad = reg.register(sparsify_tags(drop=3.5, speedup=1.4))
+    assert reg.promote("--version", good, "--to", "champion") == 0
+    capsys.readouterr()
+    before = reg.tags(bad)
+
+    assert reg.promote("--version", bad, "--to", "champion", "--max-metric-drop", "1") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: refused: {reg.name} version 2 drops 3.50 points of accuracy, more than --max-metric-drop 1")
+
+    assert reg.promote("--version", bad, "--to", "champion", "--min-speedup", "2") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: refused: {reg.name} version 2 has a speedup of 1.40x, below --min-speedup 2")
+
+    assert reg.alias_of("champion") == good and reg.alias_of("previous-champion") is None
+    assert reg.tags(bad) == before, "a refused promotion changes nothing"
+
+    # both gates given, both pass (bounds inclusive): accepted
+    assert reg.promote("--version", bad, "--to", "champion", "--max-metric-drop", "3.5", "--min-speedup", "1.4") == 0
+    assert reg.alias_of("champion") == bad
+
+
+def test_a_version_without_the_tags_is_refused_when_a_gate_needs_them(reg: Registry, capsys) -> None:
+    plain = reg.register({})
+    assert reg.promote("--version", plain, "--to", "champion", "--max-metric-drop", "1") == 2
+    assert "has no 'main_drop' tag" in capsys.readouterr().err
+    assert reg.promote("--version", plain, "--to", "champion") == 0, "no gate, nothing to check"
+    assert reg.tags(plain)["promotion_checks"] == "no gates given"
+
+
+def test_previous_champion_is_kept_and_restorable(reg: Registry, capsys) -> None:
+    v1 = reg.register(sparsify_tags(0.1, 2.0))
+    v2 = reg.register(sparsify_tags(0.3, 3.0))
+    assert reg.promote("--version", v1, "--to", "champion") == 0
+    assert reg.promote("--version", v2, "--to", "champion", "--reason", "faster") == 0
+    assert "(version 1 is now @previous-champion)" in capsys.readouterr().out
+    assert (reg.alias_of("champion"), reg.alias_of("previous-champion")) == (v2, v1)
+    old = reg.tags(v1)
+    assert old["replaced_by_version"] == v2 and old["demoted_from"] == "champion"
+    assert reg.tags(v2)["promoted_over_version"] == v1
+
+    # roll back: the previous champion is promoted again, and the two swap
+    assert reg.promote("--alias", "previous-champion", "--to", "champion", "--reason", "rollback") == 0
+    assert (reg.alias_of("champion"), reg.alias_of("previous-champion")) == (v1, v2)
+
+    # promoting the holder again changes nothing
+    assert reg.promote("--version", v1, "--to", "champion") == 0
+    assert "already is @champion; nothing changed" in capsys.readouterr().out
+    assert (reg.alias_of("champion"), reg.alias_of("previous-champion")) == (v1, v2)
+
+
+def test_promote_input_mistakes_are_one_line_errors(reg: Registry, capsys) -> None:
+    v1 = reg.register(sparsify_tags(0.1, 2.0))
+    capsys.readouterr()
+    for args, message in (
+        (("--to", "champion"), "give exactly one of --version and --alias"),
+        (("--version", v1, "--alias", "candidate", "--to", "champion"), "give exactly one of --version and --alias"),
+        (("--version", "9", "--to", "champion"), "has no version 9"),
+        (("--alias", "nobody", "--to", "champion"), "has no alias @nobody"),
+        (("--version", v1, "--to", "previous-champion"), "--to must name an alias"),
+    ):
+        assert reg.promote(*args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+def test_benchmark_by_uri_uses_the_input_example_and_links_the_run(reg: Registry, capsys) -> None:
+    v1 = reg.register(sparsify_tags(0.1, 2.0))
+    reg.client.set_registered_model_alias(reg.name, "champion", v1)
+    assert reg.benchmark("--model-uri", f"models:/{reg.name}@champion", "--batch-size", "1,2",
+                         "--engine", "both", "--iterations", "3") == 0
+    assert "inputs: input_example" in capsys.readouterr().out
+    run = reg.client.get_run(reg.tags(v1)["benchmark_run_id"])
+    assert run.info.status == "FINISHED"
+    assert reg.client.get_experiment(run.info.experiment_id).name == "sparsify-benchmarks"
+    assert run.data.tags["sparsify.registered_model"] == reg.name
+    assert run.data.tags["sparsify.registered_version"] == v1
+    assert run.data.tags["sparsify.model_uri"] == f"models:/{reg.name}@champion"
+    assert run.data.params["input_source"] == "input_example"
+    for key in ("deepsparse.bs1.latency_ms_median", "deepsparse.bs2.items_per_second",
+                "onnxruntime.bs1.latency_ms_p90", "onnxruntime.bs2.items_per_second", "size.onnx_bytes"):
+        assert key in run.data.metrics, key
+    assert "ms" in reg.tags(v1)["benchmark_summary"]
+    logged = mlflow.get_logged_model(reg.client.get_model_version(reg.name, v1).source.removeprefix("models:/"))
+    assert "deepsparse.bs1.latency_ms_median" in {m.key for m in logged.metrics}, "shown on the model's page"
+    history = reg.client.get_metric_history(run.info.run_id, "deepsparse.bs1.latency_ms_median")
+    assert len(history) == 1, "logged once"
+
+
+def test_benchmark_by_version_generates_inputs_without_an_example(reg: Registry) -> None:
+    v1 = reg.register({}, with_example=False)
+    assert reg.benchmark("--model-uri", f"models:/{reg.name}/{v1}", "--batch-size", "3", "--engine", "onnxruntime",
+                         "--iterations", "3", "--experiment-name", "bench-here") == 0
+    run = reg.client.get_run(reg.tags(v1)["benchmark_run_id"])
+    assert run.data.params["input_source"] == "generated"
+    assert "onnxruntime.bs3.latency_ms_median" in run.data.metrics
+    assert not any(k.startswith("deepsparse.") for k in run.data.metrics)
+    assert reg.client.get_experiment(run.info.experiment_id).name == "bench-here"
+
+
+def test_benchmark_input_mistakes_are_one_line_errors(reg: Registry, capsys) -> None:
+    reg.register({})
+    capsys.readouterr()
+    for args, message in ((("--model-uri", "runs:/abc/model"), "--model-uri must look like"),
+                          (("--model-uri", f"models:/{reg.name}@nope"), "is not in the registry"),
+                          (("--model-uri", f"models:/{reg.name}/1", "--batch-size", "0"), "--batch-size must be")):
+        assert reg.benchmark(*args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err, err
