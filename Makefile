@@ -7,7 +7,7 @@ export NM_DISABLE_ANALYTICS := 1
 setup:
 	@scripts/setup >/dev/null
 
-# The main job on the embedded default (sklearn digits, a small torchvision model), logged to ./mlruns.db.
+# The main job on the embedded default (sklearn digits, a small torchvision model), logged to ./mlflow.db.
 run:
 	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" sparsify.run training-aware $(ARGS)
 

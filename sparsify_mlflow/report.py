@@ -1,6 +1,7 @@
 """What people look at: matplotlib figures for MLflow and the console summary table."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -122,10 +123,15 @@ def pareto_figure(points: Sequence[Point], fronts: dict[str, list[int]], recomme
     return fig
 
 
+def output_console() -> Console:
+    """The terminal's width, or 132 columns when stdout is a log file or pipe (no wrapped lines there)."""
+    return Console(width=None if sys.stdout.isatty() else 132)
+
+
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], console: Console | None = None) -> None:
     table = Table(title=title, title_justify="left")
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*row)
-    (console or Console()).print(table)
+    (console or output_console()).print(table)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from sparsify_mlflow.report import print_table
+from sparsify_mlflow.report import output_console, print_table
 
 if TYPE_CHECKING:
     from sparsify_mlflow.experiment import ExperimentResult, ModelReport
@@ -61,7 +61,7 @@ def summary_rows(result: ExperimentResult) -> list[tuple[str, str, str, str]]:
 
 
 def print_summary(result: ExperimentResult, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     cfg = result.config
     print_table(
         f"{cfg.use_case} {cfg.model}, optim level {cfg.optim_level:g} "
@@ -138,9 +138,7 @@ def sweep_table_rows(rows: list[dict[str, Any]], batch_size: int) -> list[tuple[
 
 
 def print_sweep_summary(result: Any, console: Console | None = None) -> None:
-    import sys
-
-    console = console or Console(width=None if sys.stdout.isatty() else 132)  # logs: no wrapped columns
+    console = console or output_console()
     cfg, bs = result.config, result.config.benchmark_batch_size
     main = result.dense.metrics.main_name
     engine = next((r["engine"] for r in result.rows if r.get("engine")), "")

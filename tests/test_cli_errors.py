@@ -128,13 +128,18 @@ def test_sigterm_mid_training_ends_the_runs_killed(store, tmp_path) -> None:
     assert set(statuses.values()) == {"KILLED"}, statuses
 
 
-def test_online_example_fails_clearly_without_internet(store, tmp_path) -> None:
-    """The guide's ResNet-50/Imagenette example: offline it must say what to do, in one line."""
+@pytest.mark.parametrize("script, first_words, reason", [
+    ("cv_classification_resnet50_imagenette.sh", "error: could not download dataset 'imagenette'", "could not download"),
+    ("nlp_text_classification_bert_sst2.sh", "error: cannot load the Hugging Face dataset 'glue/sst2'", "cannot load"),
+])
+def test_online_example_fails_clearly_without_internet(store, tmp_path, script, first_words, reason) -> None:
+    """The guide's two examples: with no route to the internet they must say what to do, in one line."""
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                        "SPARSIFY_MLFLOW_CACHE": str(tmp_path / "cache"),
+                        "SPARSIFY_MLFLOW_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"),
                         "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    example = Path(__file__).resolve().parents[1] / "examples" / "cv_classification_resnet50_imagenette.sh"
+    env.pop("HF_HUB_OFFLINE", None)  # a user without internet has not set it either
+    example = Path(__file__).resolve().parents[1] / "examples" / script
     proc = subprocess.run(["bash", str(example), *common(store, tmp_path)], capture_output=True, text=True, env=env)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: could not download dataset 'imagenette'")
-    assert_failed_cleanly(store, "could not download")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(first_words), proc.stderr[-2000:]
+    assert_failed_cleanly(store, reason)
