@@ -5,6 +5,7 @@ fails after the version was created, the version is deleted again.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,16 +70,18 @@ def register_pyfunc(
 
     For use cases whose users predict on raw inputs (text), not on tensors.
     """
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(python_model),
-        artifacts=artifacts,
-        input_example=input_example,
-        signature=signature,
-        pip_requirements=pip_requirements,
-        model_config=model_config,  # defaults a caller may override at load time
-        registered_model_name=name,
-    )
+    with warnings.catch_warnings():  # the explicit signature is the schema; no type-hint inference wanted
+        warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(python_model),
+            artifacts=artifacts,
+            input_example=input_example,
+            signature=signature,
+            pip_requirements=pip_requirements,
+            model_config=model_config,  # defaults a caller may override at load time
+            registered_model_name=name,
+        )
     return _tag_and_alias(name, str(info.registered_model_version), tags, description, alias)
 
 
