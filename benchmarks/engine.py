@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -22,14 +23,24 @@ from benchmarks.settings import ModelSpec, Settings
 Say = Callable[[str], None]
 
 
-def engine_section(st: Settings, work: Path, reuse: bool, say: Say) -> dict[str, Any]:
-    builds = build_all(st, work, reuse, say)
+def engine_section(st: Settings, work: Path, reuse: bool, say: Say, resume: bool = False) -> dict[str, Any]:
+    """``reuse``: models built by an earlier run from the same code; ``resume``: also the timing
+    groups an interrupted run finished (each group is still timed side by side, in one process)."""
+    builds = build_all(st, work, reuse or resume, say)
     groups = [{"name": f"{spec.key}.bs{bs}", "spec": vars(spec), "batch_size": bs,
                "variants": _variants(builds[spec.key])} for spec in st.models for bs in st.batch_sizes]
-    per_worker = [groups] if st.merge_workers else [[g for g in groups if g["spec"]["key"] == s.key] for s in st.models]
     timings: dict[str, dict[str, Any]] = {}
     failures: dict[str, dict[str, str]] = {}
-    for batch in per_worker:
+    for group in groups:
+        group["key"] = _group_key(group, builds, st)
+        saved = work / "timings" / f"{group['name']}.json"
+        if resume and saved.is_file() and json.loads(saved.read_text()).get("key") == group["key"]:
+            done = json.loads(saved.read_text())
+            say(f"[engine] {group['name']}: reusing the timings measured at {done['measured_at']}")
+            timings[group["name"]], failures[group["name"]] = done["variants"], done["failures"]
+    todo = [g for g in groups if g["name"] not in timings]
+    per_worker = [todo] if st.merge_workers else [[g for g in todo if g["spec"]["key"] == s.key] for s in st.models]
+    for batch in filter(None, per_worker):
         t, f = time_groups(batch, st, work, say)
         timings.update(t)
         failures.update(f)
@@ -143,6 +154,14 @@ def _run_builds(jobs: list[dict[str, Any]], st: Settings, work: Path, say: Say, 
 
 # ---- engine timing -----------------------------------------------------------------------------
 
+def _group_key(group: dict[str, Any], builds: dict[str, list[dict[str, Any]]], st: Settings) -> str:
+    """Same models (build keys), batch size and timing settings: the same measurement."""
+    blob = json.dumps({"builds": [b["key"] for b in builds[group["spec"]["key"]]], "bs": group["batch_size"],
+                       "timing": [st.rounds, st.min_run_seconds, st.min_run_iterations, st.max_run_iterations,
+                                  st.warmup_iterations]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _variants(builds: list[dict[str, Any]]) -> list[dict[str, str]]:
     variants = [{"key": f"deepsparse.L{b['level']:g}", "path": b["onnx_path"], "engine": "deepsparse"} for b in builds]
     dense = next(b for b in builds if b["level"] == 0.0)
@@ -168,8 +187,14 @@ def time_groups(groups: list[dict[str, Any]], st: Settings, work: Path, say: Say
         say(f"[engine] timing {names}: {sum(len(g['variants']) for g in remaining)} engines, {st.rounds} rounds")
         child = run_worker("engines", args, timeout=st.timeouts.get("engines", 3600) * len(remaining),
                            log=work / "logs" / f"engines-{remaining[0]['name']}.log")
-        finished = child.result.get("groups", {})
-        timings.update({k: v for k, v in finished.items() if v.get("complete")})
+        finished = {k: v for k, v in child.result.get("groups", {}).items() if v.get("complete")}
+        timings.update(finished)
+        for name, value in finished.items():  # kept for --resume after an interruption
+            group = next(g for g in remaining if g["name"] == name)
+            saved = work / "timings" / f"{name}.json"
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps({"key": group.get("key"), "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                         "variants": value["variants"], "failures": failures[name]}))
         remaining = [g for g in remaining if g["name"] not in timings]
         if child.ok or not remaining:
             break

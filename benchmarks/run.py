@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep exported models and job folders here (default: a temp dir, removed at the end); "
                         "with --reuse-models, models built by an earlier run with the same code are reused")
     p.add_argument("--reuse-models", action="store_true", help="reuse models in --work-dir (export times are then the earlier run's)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --work-dir: continue an interrupted run: reuse its models, finished engine timing "
+                        "groups and finished sections (results.json lists what was reused)")
     p.add_argument("--from-json", type=Path, default=None,
                    help="measure nothing: re-check the targets and re-render the tables of an earlier results.json")
     args = p.parse_args(argv)
@@ -54,8 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     args.sections = [s for s in SECTIONS if s in wanted]
-    if args.reuse_models and args.work_dir is None:
-        p.error("--reuse-models needs --work-dir")
+    if (args.reuse_models or args.resume) and args.work_dir is None:
+        p.error("--reuse-models and --resume need --work-dir")
     return args
 
 
@@ -152,11 +155,22 @@ def main(argv: list[str] | None = None) -> int:
         "settings": st.as_dict(), "sections": {}, "section_seconds": {}, "errors": {},
     }
     say(f"benchmarks ({st.mode}): {', '.join(args.sections)}; work dir {work}")
-    runners = {"engine": lambda: engine.engine_section(st, work, args.reuse_models, say),
+    runners = {"engine": lambda: engine.engine_section(st, work, args.reuse_models, say, resume=args.resume),
                "training": lambda: sections.training_section(st, work, say),
                "e2e": lambda: sections.e2e_section(st, work, say)}
 
+    settings_key = json.dumps(st.as_dict(), sort_keys=True, default=str)
+    results["resumed_sections"] = {}
+
     def run_section(name: str) -> None:
+        saved = work / "sections" / f"{name}.json"
+        if args.resume and saved.is_file():
+            done = json.loads(saved.read_text())
+            if done["settings"] == settings_key:
+                say(f"[{name}] reusing the results measured at {done['finished_at']} ({done['seconds']:.0f} s)")
+                results["sections"][name], results["section_seconds"][name] = done["result"], done["seconds"]
+                results["resumed_sections"][name] = done["finished_at"]
+                return
         s0 = time.perf_counter()
         try:
             results["sections"][name] = runners[name]()
@@ -165,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
             results["errors"][name] = f"{type(exc).__name__}: {exc}"
         results["section_seconds"][name] = round(time.perf_counter() - s0, 1)
         say(f"[{name}] {results['section_seconds'][name]:.0f} s")
+        if name in results["sections"]:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps({"settings": settings_key, "seconds": results["section_seconds"][name],
+                                         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                         "result": results["sections"][name]}, default=str))
 
     background = None
     if st.overlap_e2e and "e2e" in args.sections:  # --quick: a smoke test, so overlap the long job
