@@ -328,13 +328,13 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
             benchmarks[f"{name}.bs{bs}"] = benchmark(exported.path, rows, engine=name, batch_size=bs,
                                                     iterations=cfg.benchmark_iterations,
                                                     warmup_iterations=max(3, cfg.benchmark_iterations // 5))
-    notes += _supported_ops_warning(exported.path, role, benchmarks)
     rep = ModelReport(role, run_id, metrics, onnx_metrics, check_engine, exported, benchmarks, history,
                       per_layer, sparsity, seconds, notes=notes)
     for note in notes:
         print(f"note: {note}")
     if notes:
         mlflow.set_tag("sparsify.engine_fallback", "; ".join(notes)[:5000])
+    rep.notes += _supported_ops_warning(exported.path, role, benchmarks)
     tracking.log_metrics(rep.flat_metrics())
     tracking.log_rows(_sparsity_rows(per_layer, scope), "sparsity_per_layer.json")
     for table, rows_ in metrics.tables.items():
@@ -356,8 +356,10 @@ def _supported_ops_warning(path: Path, role: str, benchmarks: dict[str, Benchmar
     ops = unsupported_op_types(path)
     listed = ", ".join(f"{op} x{n}" for op, n in ops.items()) or "op types not reported"
     mlflow.set_tag("sparsify.unsupported_ops", listed[:5000])
-    return [f"warning: DeepSparse runs only {min(fractions):.0%} of the {role} model's ops in its optimized "
-            f"runtime; the rest run on slower fallback paths (unsupported: {listed})"]
+    warning = (f"DeepSparse runs only {min(fractions):.0%} of the {role} model's ops in its optimized runtime; "
+               f"the rest run on slower fallback paths (unsupported: {listed})")
+    print(f"warning: {warning}")
+    return [warning]
 
 
 def _engine_settings(path: Path, engines: tuple[str, ...], batch_sizes: tuple[int, ...]
