@@ -53,7 +53,8 @@ def cli() -> None:
               "Default: the use case's small model, trained from scratch.")
 @click.option("--data", default=None, help="Dataset folder/file (see README). Default: embedded sklearn digits.")
 @click.option("--optim-level", type=float, default=0.5, show_default=True,
-              help="0 = dense baseline; <0.3 INT8 only; 0.3..1.0 = 60%..95% sparsity + INT8.")
+              help="0 = dense baseline; <0.3 INT8 only; 0.3..1.0 = 60%..95% sparsity + INT8; "
+                   "an integer 2..100 is a percent (50 = 0.5).")
 @click.option("--epochs", type=OPT_INT, default=None, help="Training epochs (both models). Default per use case.")
 @click.option("--batch-size", type=OPT_INT, default=None, help="Training batch size. Default per use case.")
 @click.option("--lr", type=OPT_FLOAT, default=None, help="Initial learning rate (linear decay). Default per use case.")
@@ -90,6 +91,18 @@ def cli() -> None:
               help="Weight of the distillation loss against the task loss, 0..1 (default 0.5).")
 @click.option("--distill-temperature", type=OPT_FLOAT, default=None,
               help="Softmax temperature of the distillation loss (default 2.0).")
+@click.option("--teacher", default=None,
+              help="Distillation teacher: off, self (the dense baseline) or a model name/path trained on the "
+                   "same labels (default: self for NLP, off for CV).")
+@click.option("--eval-metric", default=None,
+              help="Main metric for summaries, sweeps and promotion: accuracy, f1, recall, precision "
+                   "(as the use case offers; default accuracy).")
+@click.option("--recipe-args", default=None,
+              help='JSON/YAML mapping overriding the derived recipe, e.g. \'{"num_qat_epochs": 2, "init_lr": 0.01}\'.')
+@click.option("--train-kwargs", default=None,
+              help='JSON/YAML mapping for the training loop: weight_decay, momentum, grad_clip, num_workers.')
+@click.option("--deploy-engine", default="deepsparse", show_default=True,
+              help="Engine that validates and benchmarks the deployment: deepsparse or onnxruntime.")
 def training_aware(use_case: str, no_register: bool, register_value: str, pretrained_weights: str,
                    distill_mode: str, **options: Any) -> None:
     """Fine-tune a dense baseline and a pruned + INT8 model, compare them, register the sparse one."""
@@ -116,21 +129,22 @@ def training_aware(use_case: str, no_register: bool, register_value: str, pretra
 @click.option("--model", default=None, help="Model whose layers the recipe names (default: the use case's).")
 @click.option("--lr", type=float, default=None)
 @click.option("--num-classes", type=int, default=10, show_default=True, help="Head size of the model the recipe is for.")
+@click.option("--recipe-args", default=None, help="JSON/YAML overrides, as for training-aware.")
 def recipe(use_case: str, optim_level: float, epochs: int | None, model: str | None, lr: float | None,
-           num_classes: int) -> None:
+           num_classes: int, recipe_args: str | None) -> None:
     """Print the sparseml recipe YAML an optim level derives to, without training."""
     from sparsify_mlflow.config import build_config
     from sparsify_mlflow.levels import Distillation, plan_recipe, recipe_yaml
     from sparsify_mlflow.usecases import resolve
 
-    cfg = build_config(use_case, optim_level=optim_level, epochs=epochs, model=model, lr=lr)
+    cfg = build_config(use_case, optim_level=optim_level, epochs=epochs, model=model, lr=lr, recipe_args=recipe_args)
     case = resolve(cfg.use_case)
     cfg = cfg.with_defaults(model=case.default_model, epochs=case.default_epochs,
                             batch_size=case.default_batch_size, lr=case.default_lr)
     built, _ = case.create_model(cfg, num_classes, pretrained=False)
     distillation = Distillation() if getattr(case, "default_distill", False) else None  # as training-aware does
     click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, case.pruning_scope(built), cfg.lr,
-                                       distillation=distillation)), nl=False)
+                                       distillation=distillation, args=cfg.recipe_args)), nl=False)
 
 
 

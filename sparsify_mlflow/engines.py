@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
@@ -29,6 +31,7 @@ __all__ = [
     "load_engine",
     "predict_batches",
     "probe_deepsparse",
+    "unsupported_op_types",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -157,6 +160,53 @@ def probe_deepsparse(path: Path, batch_sizes: Sequence[int], num_cores: int | No
             failed = remaining.pop(0)
             verdicts[failed] = _crash_reason(proc.stdout + proc.stderr, proc.returncode)
     return verdicts
+
+
+_DIAGNOSE_SCRIPT = """
+import os, sys
+os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+import deepsparse
+deepsparse.compile_model(sys.argv[1], batch_size=1, num_cores=int(sys.argv[2]))
+"""
+_NODE_LINE = re.compile(r"^Node (\d+): (\S+)")
+
+
+def unsupported_op_types(path: Path, num_cores: int | None = None, timeout: float = 900.0) -> dict[str, int]:
+    """Op types (with counts) of the nodes DeepSparse leaves outside its optimized subgraphs.
+
+    DeepSparse's Python API only reports `fraction_of_supported_ops`; at logging level
+    `diagnose` its compiler prints the whole graph and then each subgraph it takes over, so the
+    nodes missing from every subgraph are the unsupported ones. Compiled in a child process, as
+    in `probe_deepsparse`. Empty when the log could not be read.
+    """
+    cores = int(num_cores) if num_cores else _physical_cores()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _DIAGNOSE_SCRIPT, str(path), str(cores)], capture_output=True,
+                              text=True, timeout=timeout, env=os.environ | {"NM_LOGGING_LEVEL": "diagnose"})
+    except subprocess.TimeoutExpired:
+        return {}
+    return parse_unsupported_ops(proc.stdout + proc.stderr)
+
+
+def parse_unsupported_ops(log: str) -> dict[str, int]:
+    """From a `diagnose` compile log: op type -> count of graph nodes in no supported subgraph."""
+    graph: dict[int, str] = {}
+    supported: set[int] = set()
+    section = None
+    for line in log.splitlines():
+        if "Printing GraphViewer main_graph" in line:
+            section = "graph" if not graph else None  # the first listing is the whole model
+        elif "Printing subgraph:" in line:
+            section = "subgraph"
+        elif (match := _NODE_LINE.match(line.strip())) and section:
+            index = int(match.group(1))
+            if section == "graph":
+                graph[index] = match.group(2)
+            else:
+                supported.add(index)
+        elif not line.strip() or line.startswith("["):
+            section = None
+    return dict(Counter(op for index, op in graph.items() if index not in supported).most_common())
 
 
 def _crash_reason(output: str, returncode: int) -> str:

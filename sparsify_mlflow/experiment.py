@@ -9,7 +9,7 @@ import copy
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -19,12 +19,27 @@ from torch import nn
 
 from sparsify_mlflow import report, stages, tracking, usecases
 from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
-from sparsify_mlflow.config import ExperimentConfig
-from sparsify_mlflow.engines import deepsparse_status, load_engine, predict_batches, probe_deepsparse
+from sparsify_mlflow.config import TEACHER_SELF, ExperimentConfig
+from sparsify_mlflow.deployment import Handover, write_deployment, write_metrics
+from sparsify_mlflow.engines import (
+    deepsparse_status,
+    load_engine,
+    predict_batches,
+    probe_deepsparse,
+    unsupported_op_types,
+)
 from sparsify_mlflow.export import ExportedModel, export_onnx
 from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
 from sparsify_mlflow.registry import CANDIDATE_ALIAS, RegisteredVersion, register_onnx, register_pyfunc
-from sparsify_mlflow.training import EpochStats, resolve_device, scope_sparsity, torch_predictor, train
+from sparsify_mlflow.training import (
+    EpochStats,
+    OomRetry,
+    TrainResult,
+    resolve_device,
+    scope_sparsity,
+    torch_predictor,
+    train_stepping_down,
+)
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, UseCase
 
 log = logging.getLogger(__name__)
@@ -122,7 +137,8 @@ def open_store(cfg: ExperimentConfig) -> tuple[ExperimentConfig, UseCase, str, s
     cfg = cfg.with_defaults(model=use_case.default_model, epochs=use_case.default_epochs,
                             batch_size=use_case.default_batch_size, lr=use_case.default_lr,
                             pretrained=getattr(use_case, "default_pretrained", None),
-                            distill=getattr(use_case, "default_distill", False))
+                            distill=getattr(use_case, "default_distill", False),
+                            eval_metric=use_case.main_metric)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri, cfg.working_dir)
     tracking.connect(tracking_uri)
     return cfg, use_case, tracking_uri, tracking.ensure_experiment(cfg.experiment_name, cfg.working_dir)
@@ -136,14 +152,17 @@ def prepare(cfg: ExperimentConfig, use_case: UseCase, experiment_id: str, tracki
     tracking.log_params(data.info | {"data.fingerprint": data.fingerprint, "data.source": data.source})
     scope = use_case.pruning_scope(model)
     device = resolve_device(cfg.device)
-    mlflow.set_tag("sparsify.device", str(device))
-    return Session(cfg, use_case, data, model, scope, device, experiment_id, tracking_uri, _engine_notes())
+    print(f"Training on {device} (--device {cfg.device}); benchmarks run on the CPU.")
+    mlflow.set_tags({"sparsify.device": str(device), "sparsify.deploy_engine": cfg.deploy_engine})
+    notes = _engine_notes() if cfg.deploy_engine == "deepsparse" else []
+    return Session(cfg, use_case, data, model, scope, device, experiment_id, tracking_uri, notes)
 
 
 def plan_level(session: Session, cfg: ExperimentConfig) -> tuple[RecipePlan, str]:
     """The level's recipe plan and YAML (the user's --recipe if given), logged to the active run."""
     distillation = Distillation(cfg.distill_hardness, cfg.distill_temperature) if cfg.distill else None
-    plan = plan_recipe(cfg.optim_level, cfg.epochs, session.scope, cfg.lr, distillation=distillation)
+    plan = plan_recipe(cfg.optim_level, cfg.epochs, session.scope, cfg.lr, distillation=distillation,
+                       args=cfg.recipe_args)
     tracking.log_params(plan.summary())
     recipe = cfg.recipe.read_text() if cfg.recipe else recipe_yaml(plan)
     mlflow.log_text(recipe, "recipe.yaml")
@@ -171,13 +190,16 @@ def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan:
     tracking.log_metrics(comparison)
     for role, side in (("dense", dense.report), ("sparse", sparse.report)):
         tracking.log_metrics({f"{role}.{k}": v for k, v in side.flat_metrics().items()})
+    notes += dense.report.notes + (sparse.report.notes if sparse is not dense else [])
+    handover = Handover(f"{use_case.name} {Path(cfg.model).stem}, optim level {cfg.optim_level:g}", run_id, plan,
+                        dense.report, sparse.report, comparison, notes)
     with stages.stage("tracking"):
         _log_figures(dense.report, sparse.report, plan, scope, use_case)
-        deployment = _write_deployment(folder, use_case, data, sparse.report, recipe)
-        mlflow.log_artifacts(str(folder), artifact_path="experiment")
+        deployment = write_deployment(folder, use_case, data, recipe, handover)
+        write_metrics(folder, handover)
+        mlflow.log_artifacts(str(folder), artifact_path="experiment")  # the folder as written, nothing else
     result = ExperimentResult(cfg, run_id, session.experiment_id, session.tracking_uri, plan,
-                              dense.report, sparse.report, comparison, folder, deployment,
-                              notes=notes + dense.report.notes + (sparse.report.notes if sparse is not dense else []))
+                              dense.report, sparse.report, comparison, folder, deployment, notes=notes)
     if cfg.register:
         with stages.stage("registration"):
             result.registered = _register(cfg, use_case, data, result, recipe, alias)
@@ -206,16 +228,15 @@ def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
             state = torch.load(tracking.download(cached, "checkpoint/model.pt", work), map_location="cpu",
                                weights_only=True)
             model.load_state_dict(state)
-            history = _history_from_json(tracking.download(cached, "history.json", work).read_text())
+            history = _history_from_json(tracking.download(cached, "history.json", work).read_text(),
+                                         cfg.eval_metric)
             seconds = 0.0
             mlflow.set_tag("sparsify.reused_from_run", cached)
             for stats in history:
                 _log_epoch(stats)
         else:
             with stages.stage("baseline_training"):
-                result = train(model, use_case, data, recipe_yaml(plan), scope, batch_size=cfg.batch_size,
-                               lr=cfg.lr, seed=cfg.seed, device=device, desc="dense", on_epoch=_log_epoch,
-                               log_dir=folder / "logs")
+                model, result = _train(cfg, model, use_case, data, recipe_yaml(plan), scope, device, folder, "dense")
             history, seconds = result.history, result.seconds
         mlflow.log_text(recipe_yaml(plan), "recipe.yaml")
         model.cpu()
@@ -223,7 +244,7 @@ def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
         mlflow.log_artifact(str(work / "model.pt"), "checkpoint")
         tracking.log_json([asdict(h) for h in history], "history.json")
         report_ = _finish_model(cfg, use_case, data, model, scope, "dense", child.info.run_id,
-                                history, seconds, work, engines=("deepsparse", "onnxruntime"))
+                                history, seconds, work, engines=benchmark_engines(cfg.deploy_engine, "dense"))
         report_.reused_from_run = cached
         mlflow.set_tag(BASELINE_KEY_TAG, key)  # only now: a failed run must not be found as a cache
     return _Trained(report_, model)
@@ -236,16 +257,46 @@ def _training_aware(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
     work = folder / "training_artifacts" / "sparse"
     with tracking.run("training-aware", nested=True, tags={"sparsify.role": "sparse"}) as child:
         mlflow.log_text(recipe, "recipe.yaml")
+        teacher = _teacher(cfg, use_case, data, dense_model)
         with stages.stage("training_aware_training"):
-            result = train(model, use_case, data, recipe, scope, batch_size=cfg.batch_size, lr=cfg.lr,
-                           seed=cfg.seed, device=device, desc="sparse", on_epoch=_log_epoch,
-                           log_dir=folder / "logs", teacher=dense_model if cfg.distill else None)
+            model, result = _train(cfg, model, use_case, data, recipe, scope, device, folder, "sparse", teacher)
         model.cpu()
         torch.save(model.state_dict(), work / "model.pt")
         tracking.log_json([asdict(h) for h in result.history], "history.json")
         report_ = _finish_model(cfg, use_case, data, model, scope, "sparse", child.info.run_id,
-                                result.history, result.seconds, work, engines=("deepsparse",))
+                                result.history, result.seconds, work,
+                                engines=benchmark_engines(cfg.deploy_engine, "sparse"))
     return _Trained(report_, model)
+
+
+def _train(cfg: ExperimentConfig, model: nn.Module, use_case: UseCase, data: DataBundle, recipe: str,
+           scope: PruningScope, device: torch.device, folder: Path, role: str, teacher: nn.Module | None = None
+           ) -> tuple[nn.Module, TrainResult]:
+    """One training stage in the active run; out-of-memory errors halve the batch size (logged)."""
+    model, result = train_stepping_down(
+        model, use_case, data, recipe, scope, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=device,
+        desc=role, on_epoch=_log_epoch, log_dir=folder / "logs", teacher=teacher, main_metric=cfg.eval_metric,
+        kwargs=cfg.train_kwargs, on_retry=_log_oom_retry)
+    tracking.log_params({"train.batch_size": result.batch_size, "train.oom_retries": len(result.oom_retries)})
+    return model, result
+
+
+def _log_oom_retry(retry: OomRetry) -> None:
+    print(f"warning: out of memory at batch size {retry.failed_batch_size} ({retry.error}); retrying the stage "
+          f"with batch size {retry.next_batch_size} (retry {retry.retry})")
+    mlflow.set_tag(f"sparsify.oom_retry.{retry.retry}",
+                   f"batch size {retry.failed_batch_size} -> {retry.next_batch_size}: {retry.error}"[:5000])
+
+
+def _teacher(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, dense_model: nn.Module) -> nn.Module | None:
+    """--teacher: none (off), the dense baseline (self), or a named model loaded with its weights."""
+    if not cfg.distill:
+        return None
+    if cfg.teacher == TEACHER_SELF:
+        return dense_model
+    teacher, facts = use_case.create_model(replace(cfg, model=cfg.teacher), len(data.label_names), pretrained=True)
+    tracking.log_params({f"teacher.{k}": v for k, v in facts.items()})
+    return teacher.eval()
 
 
 def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, model: nn.Module,
@@ -253,7 +304,8 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
                   work: Path, engines: tuple[str, ...]) -> ModelReport:
     """Evaluate in PyTorch, export, check the ONNX file on the engine, benchmark; log it all."""
     with stages.stage("evaluate"):
-        metrics = use_case.evaluate(torch_predictor(model, torch.device("cpu")), data, cfg.batch_size)
+        metrics = use_case.evaluate(torch_predictor(model, torch.device("cpu")), data, cfg.batch_size
+                                    ).with_main(cfg.eval_metric)
     sparsity, per_layer = scope_sparsity(model, scope)
     input_names, output_names = use_case.io_names(data)
     sample = use_case.sample_inputs(data, 2)
@@ -265,7 +317,8 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
             exported.path, engines, (1, cfg.benchmark_batch_size))
     with stages.stage("evaluate"):
         engine = load_engine(exported.path, check_engine, batch_size=check_bs)
-        onnx_metrics = use_case.evaluate(lambda xs: predict_batches(engine, xs), data, check_bs)
+        onnx_metrics = use_case.evaluate(lambda xs: predict_batches(engine, xs), data, check_bs
+                                         ).with_main(cfg.eval_metric)
         del engine
     rows = use_case.sample_inputs(data, cfg.benchmark_batch_size)
     benchmarks: dict[str, BenchmarkResult] = {}
@@ -281,12 +334,32 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
         print(f"note: {note}")
     if notes:
         mlflow.set_tag("sparsify.engine_fallback", "; ".join(notes)[:5000])
+    rep.notes += _supported_ops_warning(exported.path, role, benchmarks)
     tracking.log_metrics(rep.flat_metrics())
     tracking.log_rows(_sparsity_rows(per_layer, scope), "sparsity_per_layer.json")
     for table, rows_ in metrics.tables.items():
         tracking.log_rows(rows_, f"{table}.json")
     mlflow.log_artifact(str(exported.path), "onnx")
     return rep
+
+
+def benchmark_engines(deploy_engine: str, role: str) -> tuple[str, ...]:
+    """The deploy engine measures both models; ONNX Runtime also measures the dense one, as the reference."""
+    return tuple(dict.fromkeys((deploy_engine, "onnxruntime"))) if role == "dense" else (deploy_engine,)
+
+
+def _supported_ops_warning(path: Path, role: str, benchmarks: dict[str, BenchmarkResult]) -> list[str]:
+    """A note (and tag) naming the op types DeepSparse could not take over, when it ran below 100%."""
+    fractions = [r.fraction_of_supported_ops for r in benchmarks.values() if r.fraction_of_supported_ops is not None]
+    if not fractions or min(fractions) >= 1.0:
+        return []
+    ops = unsupported_op_types(path)
+    listed = ", ".join(f"{op} x{n}" for op, n in ops.items()) or "op types not reported"
+    mlflow.set_tag("sparsify.unsupported_ops", listed[:5000])
+    warning = (f"DeepSparse runs only {min(fractions):.0%} of the {role} model's ops in its optimized runtime; "
+               f"the rest run on slower fallback paths (unsupported: {listed})")
+    print(f"warning: {warning}")
+    return [warning]
 
 
 def _engine_settings(path: Path, engines: tuple[str, ...], batch_sizes: tuple[int, ...]
@@ -334,11 +407,13 @@ def _baseline_key(cfg: ExperimentConfig, data: DataBundle) -> str:
         "data": data.fingerprint, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "seed": cfg.seed, "image_size": cfg.image_size,
     }
+    if cfg.train_kwargs.given():  # only when set, so caches of runs without --train-kwargs stay valid
+        fields["train_kwargs"] = cfg.train_kwargs.given()
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _history_from_json(text: str) -> list[EpochStats]:
-    return [EpochStats(**(row | {"val": Metrics(**row["val"])})) for row in json.loads(text)]
+def _history_from_json(text: str, main_metric: str | None) -> list[EpochStats]:
+    return [EpochStats(**(row | {"val": Metrics(**row["val"]).with_main(main_metric)})) for row in json.loads(text)]
 
 
 def _log_epoch(stats: EpochStats) -> None:
@@ -377,20 +452,6 @@ def _log_figures(dense: ModelReport, sparse: ModelReport, plan: RecipePlan, scop
     for path, fig in figures.items():
         mlflow.log_figure(fig, path)
         plt.close(fig)
-
-
-def _write_deployment(folder: Path, use_case: UseCase, data: DataBundle, sparse: ModelReport, recipe: str) -> Path:
-    """model.onnx + recipe.yaml + config.json: what a user needs to run the model elsewhere."""
-    deployment = folder / "deployment"
-    deployment.mkdir(parents=True, exist_ok=True)
-    (deployment / "model.onnx").write_bytes(sparse.exported.path.read_bytes())
-    (deployment / "recipe.yaml").write_text(recipe)
-    config = use_case.deployment_config(data) | {"metrics": {sparse.metrics.main_name: sparse.metrics.main}}
-    (deployment / "config.json").write_text(json.dumps(config, indent=2))
-    extra_files = getattr(use_case, "deployment_files", None)  # e.g. the tokenizer of NLP use cases
-    if extra_files is not None:
-        extra_files(data, deployment)
-    return deployment
 
 
 def _register(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result: ExperimentResult,

@@ -80,6 +80,55 @@ class Distillation:
             raise ValueError(f"distillation temperature must be positive, got {self.temperature!r}")
 
 
+LR_FUNCTIONS = ("linear", "cosine")  # what sparseml's LearningRateFunctionModifier offers without extra args
+
+
+@dataclass(frozen=True)
+class RecipeArgs:
+    """Overrides of the derived recipe (`--recipe-args`), named like sparseml's recipe-template variables.
+
+    Unset fields keep the values the optim level derives; they change the training-aware
+    recipe only, never the dense baseline (so its cache stays valid). Ranges are checked here;
+    fitting the phases into the epochs is checked by `check_fits`.
+    """
+
+    num_qat_epochs: float | None = None              # length of the QAT phase (the last epochs)
+    num_pruning_active_epochs: float | None = None   # length of the GMP ramp from epoch 0
+    pruning_init_sparsity: float | None = None       # sparsity of the first pruning step
+    pruning_update_frequency: float | None = None    # epochs between mask updates
+    init_lr: float | None = None                     # replaces --lr for the training-aware model
+    final_lr: float | None = None
+    lr_func: str | None = None                       # linear or cosine
+
+    def __post_init__(self) -> None:
+        positive = ("num_qat_epochs", "num_pruning_active_epochs", "pruning_update_frequency", "init_lr")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.init_lr is not None and self.init_lr > 1:  # sparseml rejects lrs outside [0, 1]
+            raise ValueError(f"init_lr must be in (0, 1], got {self.init_lr!r}")
+        if self.final_lr is not None and not 0 <= self.final_lr <= 1:
+            raise ValueError(f"final_lr must be in [0, 1], got {self.final_lr!r}")
+        if self.pruning_init_sparsity is not None and not 0 <= self.pruning_init_sparsity < MIN_SPARSITY:
+            raise ValueError(f"pruning_init_sparsity must be in [0, {MIN_SPARSITY}) (below the lowest target "
+                             f"sparsity), got {self.pruning_init_sparsity!r}")
+        if self.lr_func is not None and self.lr_func not in LR_FUNCTIONS:
+            raise ValueError(f"lr_func must be one of {', '.join(LR_FUNCTIONS)}, got {self.lr_func!r}")
+
+    def check_fits(self, epochs: int) -> None:
+        """The QAT phase and the pruning ramp must fit into `epochs`, one after the other."""
+        qat = self.num_qat_epochs if self.num_qat_epochs is not None else _qat_length(epochs)
+        ramp = self.num_pruning_active_epochs or 0.0
+        if qat > epochs or ramp + qat > epochs:
+            raise ValueError(f"num_pruning_active_epochs ({ramp:g}) + num_qat_epochs ({qat:g}) exceed the "
+                             f"{epochs} epochs of the run (raise --epochs or shorten a phase)")
+
+    def given(self) -> dict[str, float | str]:
+        """Only the overrides the user set (for params and logs)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Phase boundaries in (float) epochs; None where the phase does not exist at this level."""
@@ -107,17 +156,21 @@ def _r4(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
-def _build_schedule(level: float, epochs: int, sparsity: float) -> Schedule:
-    """QAT in the last epochs; pruning ramps over the first half of the rest, then stabilises."""
+def _build_schedule(level: float, epochs: int, sparsity: float, args: RecipeArgs) -> Schedule:
+    """QAT in the last epochs; pruning ramps over the first half of the rest, then stabilises.
+
+    Phase lengths, init sparsity and update frequency come from `args` where the user set them.
+    """
     prune: tuple = (None,) * 4
     qat: tuple = (None,) * 3
     if level > 0.0:
-        qat_len = _qat_length(epochs)
+        qat_len = args.num_qat_epochs if args.num_qat_epochs is not None else _qat_length(epochs)
         qat_start = epochs - qat_len
         qat = (qat_start, qat_start + 0.5 * qat_len, qat_start + 0.75 * qat_len)
         if sparsity > 0.0:
-            ramp = (epochs - qat_len) / 2.0
-            prune = (0.0, ramp, min(0.05, sparsity), ramp / 20.0)
+            ramp = args.num_pruning_active_epochs or (epochs - qat_len) / 2.0
+            init = args.pruning_init_sparsity if args.pruning_init_sparsity is not None else min(0.05, sparsity)
+            prune = (0.0, ramp, init, args.pruning_update_frequency or ramp / 20.0)
     return Schedule(float(epochs), *map(_r4, prune), *map(_r4, qat))
 
 
@@ -134,6 +187,8 @@ class RecipePlan:
     schedule: Schedule
     scope: PruningScope
     distillation: Distillation | None = None
+    lr_func: str = "linear"
+    recipe_args: RecipeArgs = field(default_factory=RecipeArgs)
 
     def summary(self) -> dict[str, object]:
         """Flat plain values for MLflow params (None phases are left out: MLflow would log 'None')."""
@@ -156,18 +211,21 @@ class RecipePlan:
         if self.distillation is not None:
             out["recipe.distillation.hardness"] = self.distillation.hardness
             out["recipe.distillation.temperature"] = self.distillation.temperature
+        out["recipe.lr_func"] = self.lr_func
+        out.update({f"recipe.args.{k}": v for k, v in self.recipe_args.given().items()})
         return out
 
 
 def plan_recipe(
     optim_level: float, epochs: int, scope: PruningScope, lr: float, final_lr_ratio: float = 0.01,
-    distillation: Distillation | None = None,
+    distillation: Distillation | None = None, args: RecipeArgs | None = None,
 ) -> RecipePlan:
     """Decide sparsity, quantization and schedule for one run; raises ValueError on bad input.
 
     `distillation` adds a DistillationModifier (the trainer must pass the teacher); it is dropped
-    at level 0, which trains the dense baseline itself.
+    at level 0, which trains the dense baseline itself. `args` overrides derived values.
     """
+    args = args or RecipeArgs()
     level = validate_level(optim_level)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -182,16 +240,20 @@ def plan_recipe(
     sparsity = target_sparsity(level)
     if sparsity > 0.0 and not scope.prune:
         raise ValueError(f"optim level {level} prunes but the pruning scope is empty")
+    args.check_fits(epochs)
+    init_lr = float(args.init_lr or lr)
     return RecipePlan(
         optim_level=level,
         target_sparsity=sparsity,
         quantize=quantizes(level),
         epochs=epochs,
-        lr=float(lr),
-        final_lr=float(f"{lr * final_lr_ratio:.10g}"),
-        schedule=_build_schedule(level, epochs, sparsity),
+        lr=init_lr,
+        final_lr=float(args.final_lr if args.final_lr is not None else f"{init_lr * final_lr_ratio:.10g}"),
+        schedule=_build_schedule(level, epochs, sparsity, args),
         scope=scope,
         distillation=distillation if level > 0.0 else None,
+        lr_func=args.lr_func or "linear",
+        recipe_args=args,
     )
 
 
@@ -228,7 +290,7 @@ def _header(plan: RecipePlan) -> list[str]:
             f"#   {s.qat_start} -> {s.epochs}: QAT (BN stats frozen at {s.freeze_bn_epoch}, "
             f"observers disabled at {s.disable_observers_epoch})"
         )
-    lines.append(f"#   learning rate: linear {plan.lr} -> {plan.final_lr} over 0.0 -> {s.epochs}")
+    lines.append(f"#   learning rate: {plan.lr_func} {plan.lr} -> {plan.final_lr} over 0.0 -> {s.epochs}")
     if plan.distillation is not None:
         lines.append(f"#   distillation from the dense baseline (teacher) over 0.0 -> {s.epochs}: hardness "
                      f"{plan.distillation.hardness}, temperature {plan.distillation.temperature}")
@@ -238,6 +300,8 @@ def _header(plan: RecipePlan) -> list[str]:
     lines += [f"#   {name}: {_one_line(why)}" for name, why in sc.keep_dense.items()]
     if plan.quantize and sc.quant_ignore:
         lines.append(f"# left in FP32 by QAT: {', '.join(sc.quant_ignore)}")
+    if plan.recipe_args.given():
+        lines.append(f"# --recipe-args: {_one_line(plan.recipe_args.given())}")
     return lines
 
 
@@ -246,7 +310,7 @@ def recipe_yaml(plan: RecipePlan) -> str:
     s, sc = plan.schedule, plan.scope
     out = _header(plan) + ["", "version: 1.1.0", "", "training_modifiers:"]
     out.append(_modifier("EpochRangeModifier", {"start_epoch": 0.0, "end_epoch": s.epochs}))
-    lr_args = {"start_epoch": 0.0, "end_epoch": s.epochs, "lr_func": "linear",
+    lr_args = {"start_epoch": 0.0, "end_epoch": s.epochs, "lr_func": plan.lr_func,
                "init_lr": plan.lr, "final_lr": plan.final_lr}
     out.append(_modifier("LearningRateFunctionModifier", lr_args))
     if s.prune_end is not None:

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from sparsify_mlflow import experiment, pareto, report, stages, tracking
 from sparsify_mlflow.benchmark import BenchmarkResult
-from sparsify_mlflow.config import ExperimentConfig
+from sparsify_mlflow.config import ExperimentConfig, parse_optim_level
 from sparsify_mlflow.errors import ConfigError, UserError
 from sparsify_mlflow.registry import CANDIDATE_ALIAS
 
@@ -61,12 +61,7 @@ def build_sweep_options(levels: str | None, max_metric_drop: float | None = None
         raise ConfigError("--optim-levels needs at least one level, e.g. 0.3,0.5,0.7")
     values: list[float] = []
     for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise ConfigError(f"--optim-levels: {part.strip()!r} is not a number (give e.g. 0.3,0.5,0.7)") from None
-        if math.isnan(value) or not 0.0 <= value <= 1.0:
-            raise ConfigError(f"--optim-levels: {value:g} is outside [0, 1]")
+        value = parse_optim_level(part.strip(), "--optim-levels")
         if value in values:
             raise ConfigError(f"--optim-levels: {value:g} is given twice")
         values.append(value)

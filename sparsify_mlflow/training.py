@@ -1,13 +1,15 @@
 """The one training loop: a sparseml recipe manager driving pruning, QAT and the LR schedule."""
 from __future__ import annotations
 
+import copy
+import gc
 import math
 import os
 import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,31 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsify_mlflow.config import TrainKwargs
+from sparsify_mlflow.errors import UserError
 from sparsify_mlflow.levels import PruningScope
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor, UseCase
+
+OOM_RETRIES = 3  # halvings of the batch size after an out-of-memory error, per training stage
+# Rehearse the step-down without a small GPU: batches larger than this request an impossible
+# allocation, so the allocator fails for real (tests set it; users never need to).
+SIMULATED_MEMORY_ENV = "SPARSIFY_OOM_ABOVE_BATCH_SIZE"
+
+
+class OutOfMemory(UserError):
+    """Training ran out of memory even at the smallest batch size tried."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class OomRetry:
+    """One step-down: the batch size that failed, the one tried next, and the error."""
+
+    retry: int            # 1-based
+    failed_batch_size: int
+    next_batch_size: int
+    error: str
 
 
 @dataclass
@@ -34,6 +59,8 @@ class TrainResult:
     history: list[EpochStats]
     seconds: float
     steps_per_epoch: int
+    batch_size: int = 0                                    # the one that fitted in memory
+    oom_retries: list[OomRetry] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -104,28 +131,34 @@ def train(
     log_dir: Path,
     on_epoch: Callable[[EpochStats], None] | None = None,
     teacher: nn.Module | None = None,
+    main_metric: str | None = None,
+    kwargs: TrainKwargs = TrainKwargs(),
 ) -> TrainResult:
     """Train `model` in place under `recipe` (its epoch range sets the length) and finalize it.
 
     With a `teacher` and a DistillationModifier in the recipe, each step's loss goes through
     `manager.loss_update` with the student's outputs and inputs (the use case's
-    `distillation_step`), and sparseml mixes in the teacher's soft targets.
+    `distillation_step`), and sparseml mixes in the teacher's soft targets. `main_metric`
+    (--eval-metric) names the validation figure shown per epoch; `kwargs` are --train-kwargs.
     """
     from sparseml.pytorch.optim import ScheduledModifierManager
 
     # sparseml writes modifier logs to ./sparse_logs unless in "test mode"; keep them in the run's logs/.
     os.environ.update(NM_TEST_MODE="1", NM_TEST_LOG_DIR=str(log_dir))
     generator = seed_everything(seed)
+    workers = kwargs.num_workers if kwargs.num_workers is not None else (0 if len(data.train) < 5000 else 2)
     loader = torch.utils.data.DataLoader(
         data.train, batch_size=batch_size, shuffle=True, drop_last=len(data.train) > batch_size,
-        generator=generator, num_workers=0 if len(data.train) < 5000 else 2,
+        generator=generator, num_workers=workers,
     )
     model.to(device)
     manager = ScheduledModifierManager.from_yaml(recipe)
     epochs = max(1, math.ceil(manager.max_epochs))
     distill = teacher is not None and bool(manager.distillation_modifiers)
-    optimizer = manager.modify(model, use_case.make_optimizer(model, lr), steps_per_epoch=len(loader),
+    optimizer = apply_train_kwargs(use_case.make_optimizer(model, lr), kwargs)
+    optimizer = manager.modify(model, optimizer, steps_per_epoch=len(loader),
                                **({"distillation_teacher": teacher} if distill else {}))
+    _simulated_memory_limit(batch_size)
     history: list[EpochStats] = []
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -143,11 +176,13 @@ def train(
             else:
                 loss = use_case.training_step(model, batch, device)
             loss.backward()
+            if kwargs.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), kwargs.grad_clip)
             optimizer.step()
             losses.append(float(loss))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         lr_now = float(optimizer.param_groups[0]["lr"])
-        val = use_case.evaluate(torch_predictor(model, device), data, batch_size)
+        val = use_case.evaluate(torch_predictor(model, device), data, batch_size).with_main(main_metric)
         stats = EpochStats(
             epoch=epoch + 1, train_loss=float(np.mean(losses)), val=val, lr=lr_now,
             sparsity=scope_sparsity(model, scope)[0], seconds=time.perf_counter() - epoch_start,
@@ -164,4 +199,77 @@ def train(
     model.eval()
     if teacher is not None:
         teacher.cpu()  # sparseml moved it next to the inputs
-    return TrainResult(history, time.perf_counter() - start, len(loader))
+    return TrainResult(history, time.perf_counter() - start, len(loader), batch_size)
+
+
+def train_stepping_down(model: nn.Module, *args: object, batch_size: int,
+                        on_retry: Callable[[OomRetry], None] | None = None, **kwargs: object
+                        ) -> tuple[nn.Module, TrainResult]:
+    """`train` that survives out-of-memory errors: the stage restarts from the untouched model
+    with half the batch size, at most OOM_RETRIES times; after the last it raises OutOfMemory.
+
+    Returns the trained model (a fresh copy when a retry happened: sparseml modified the failed
+    one in place) and the result, whose `oom_retries` say what happened.
+    """
+    pristine = copy.deepcopy(model).cpu()
+    retries: list[OomRetry] = []
+    while True:
+        try:
+            result = train(model, *args, batch_size=batch_size, **kwargs)
+            result.oom_retries = retries
+            return model, result
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+            if not is_out_of_memory(exc):
+                raise
+            error = _first_line(exc)
+        model.cpu()  # the failed attempt leaves the device (the caller may still hold it)
+        _release_memory()
+        tried = " -> ".join(str(r.failed_batch_size) for r in retries)
+        if len(retries) == OOM_RETRIES or batch_size == 1:
+            raise OutOfMemory(f"out of memory training at batch size {batch_size} after {len(retries)} "
+                              f"step-down(s) ({tried + ' -> ' if tried else ''}{batch_size}): {error}; "
+                              f"lower --batch-size or the input size, or use a device with more memory")
+        retries.append(OomRetry(len(retries) + 1, batch_size, batch_size // 2, error))
+        if on_retry is not None:
+            on_retry(retries[-1])
+        batch_size //= 2
+        model = copy.deepcopy(pristine)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, Python's MemoryError, or an allocator RuntimeError (CPU: "can't allocate memory")."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _simulated_memory_limit(batch_size: int) -> None:
+    """With SPARSIFY_OOM_ABOVE_BATCH_SIZE=N, a batch size above N asks the allocator for 4 EiB."""
+    limit = os.environ.get(SIMULATED_MEMORY_ENV, "").strip()
+    if limit and batch_size > int(limit):
+        torch.empty(2**62, dtype=torch.uint8)
+
+
+def apply_train_kwargs(optimizer: torch.optim.Optimizer, kwargs: TrainKwargs) -> torch.optim.Optimizer:
+    """Apply --train-kwargs to the use case's optimizer (groups without decay keep none)."""
+    for group in optimizer.param_groups:
+        if kwargs.weight_decay is not None and group.get("weight_decay", 0) > 0:
+            group["weight_decay"] = kwargs.weight_decay
+        if kwargs.momentum is not None:
+            if "momentum" in group:
+                group["momentum"] = kwargs.momentum
+            elif "betas" in group:
+                group["betas"] = (kwargs.momentum, group["betas"][1])
+    return optimizer

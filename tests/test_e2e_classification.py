@@ -42,7 +42,7 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert figures == {"figures/sparsity_per_layer.png", "figures/metric_per_epoch.png", "figures/latency.png"}
     deployment = client.list_artifacts(parent.info.run_id, "experiment/deployment")
-    assert {Path(a.path).name for a in deployment} == {"model.onnx", "recipe.yaml", "config.json"}
+    assert {Path(a.path).name for a in deployment} == {"model.onnx", "recipe.yaml", "config.json", "README.md"}
     sparse = children["sparse"]
     history = client.get_metric_history(sparse.info.run_id, "sparsity.overall")
     assert [m.step for m in history] == [1, 2]

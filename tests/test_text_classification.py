@@ -160,7 +160,7 @@ def test_load_data_tokenizes_to_the_fixed_length(tiny) -> None:
 def test_evaluate_reports_accuracy_macro_f1_and_per_class_table(tiny) -> None:
     case, cfg, data, model = tiny
     metrics = case.evaluate(torch_predictor(model, torch.device("cpu")), data, 4)
-    assert metrics.main_name == "accuracy" and set(metrics.values) == {"accuracy", "f1_macro"}
+    assert metrics.main_name == "accuracy" and set(metrics.values) == {"accuracy", "f1_macro", "recall_macro", "precision_macro"}
     table = metrics.tables["per_class_f1"]
     assert [row["class"] for row in table] == ["negative", "positive"]
     assert sum(row["samples"] for row in table) == 8

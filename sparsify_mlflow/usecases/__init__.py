@@ -35,6 +35,14 @@ def aliases() -> dict[str, str]:
     return dict(_ALIASES)
 
 
+def eval_metrics(use_case: UseCase) -> dict[str, str]:
+    """--eval-metric choices (Sparsify's names) -> the metric they select, as the use case logs it.
+
+    A use case without an `eval_metrics` table offers its main metric only.
+    """
+    return dict(getattr(use_case, "eval_metrics", None) or {use_case.main_metric: use_case.main_metric})
+
+
 def resolve(name_or_alias: str) -> UseCase:
     """The use case for a name or alias (case-insensitive); unknown names list the choices."""
     _load_builtin()

@@ -5,7 +5,7 @@ Everything else (recipes, training loop, export, benchmark, MLflow) is shared an
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -49,6 +49,51 @@ class Metrics:
     def main(self) -> float:
         return self.values[self.main_name]
 
+    def with_main(self, name: str | None) -> Metrics:
+        """The same figures with `name` (--eval-metric) as the main one; None keeps the use case's."""
+        if name is None or name == self.main_name:
+            return self
+        if name not in self.values:
+            raise KeyError(f"metric {name!r} was not computed; have: {', '.join(self.values)}")
+        return replace(self, main_name=name)
+
+
+# --eval-metric choices of single-label classifiers: Sparsify's names -> the metrics logged.
+CLASSIFICATION_EVAL_METRICS = {"accuracy": "accuracy", "f1": "f1_macro", "recall": "recall_macro",
+                               "precision": "precision_macro"}
+
+
+def collect_predictions(predict: Predictor, batches: Iterator[tuple[list[np.ndarray], Any]]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `predict` over (inputs, targets) batches: (first outputs as float, targets as long)."""
+    import torch
+
+    outputs, targets = [], []
+    for inputs, labels in batches:
+        outputs.append(predict(inputs)[0])
+        targets.append(labels)
+    return torch.from_numpy(np.concatenate(outputs)).float(), torch.from_numpy(np.concatenate(targets)).long()
+
+
+def classification_metrics(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Accuracy and macro F1 / recall / precision of single-label predictions.
+
+    Macro averages skip classes absent from validation (they would count as 0).
+    """
+    import torch
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
+    present = torch.bincount(target, minlength=num_classes) > 0
+    values = {"accuracy": float(multiclass_accuracy(preds, target, num_classes=num_classes, average="micro"))}
+    for name, fn in (("f1", multiclass_f1_score), ("recall", multiclass_recall), ("precision", multiclass_precision)):
+        values[f"{name}_macro"] = float(fn(preds, target, num_classes=num_classes, average="none")[present].mean())
+    return values
+
 
 class UseCase(Protocol):
     name: str
@@ -57,6 +102,8 @@ class UseCase(Protocol):
     default_epochs: int
     default_batch_size: int
     default_lr: float
+    main_metric: str                     # the metric `Metrics.main` names unless --eval-metric picks another
+    # Optional: `eval_metrics: dict[str, str]`, --eval-metric choices -> logged metric (see usecases.eval_metrics)
 
     def load_data(self, cfg: ExperimentConfig) -> DataBundle: ...
 

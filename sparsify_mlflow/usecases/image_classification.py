@@ -15,7 +15,14 @@ from sparsify_mlflow.data.fingerprint import fingerprint_files
 from sparsify_mlflow.data.imagefolder import ImageFileDataset, scan_image_folder
 from sparsify_mlflow.levels import PruningScope
 from sparsify_mlflow.usecases import register
-from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
+from sparsify_mlflow.usecases.base import (
+    CLASSIFICATION_EVAL_METRICS,
+    DataBundle,
+    Metrics,
+    Predictor,
+    classification_metrics,
+    collect_predictions,
+)
 from sparsify_mlflow.usecases.vision import build_vision_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,6 +40,7 @@ class ImageClassification:
     default_batch_size = 64
     default_lr = 0.05
     main_metric = "accuracy"
+    eval_metrics = CLASSIFICATION_EVAL_METRICS
 
     def load_data(self, cfg: ExperimentConfig) -> DataBundle:
         from torchvision import transforms as T
@@ -106,14 +114,9 @@ class ImageClassification:
     def evaluate(self, predict: Predictor, data: DataBundle, batch_size: int) -> Metrics:
         from torchmetrics.functional.classification import multiclass_accuracy
 
-        logits, targets = [], []
-        for inputs, labels in self.eval_batches(data, batch_size):
-            logits.append(predict(inputs)[0])
-            targets.append(labels)
-        preds = torch.from_numpy(np.concatenate(logits)).float()
-        target = torch.from_numpy(np.concatenate(targets)).long()
+        preds, target = collect_predictions(predict, self.eval_batches(data, batch_size))
         n = len(data.label_names)
-        values = {"accuracy": float(multiclass_accuracy(preds, target, num_classes=n, average="micro"))}
+        values = classification_metrics(preds, target, n)
         if n > 5:
             values["top5_accuracy"] = float(
                 multiclass_accuracy(preds, target, num_classes=n, top_k=5, average="micro")

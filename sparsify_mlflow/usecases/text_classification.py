@@ -24,7 +24,14 @@ from sparsify_mlflow.data import text_files, text_hub
 from sparsify_mlflow.errors import DataError
 from sparsify_mlflow.levels import PruningScope
 from sparsify_mlflow.usecases import register
-from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
+from sparsify_mlflow.usecases.base import (
+    CLASSIFICATION_EVAL_METRICS,
+    DataBundle,
+    Metrics,
+    Predictor,
+    classification_metrics,
+    collect_predictions,
+)
 from sparsify_mlflow.usecases.transformers_models import (
     encoder_scope,
     forward_input_names,
@@ -64,6 +71,7 @@ class TextClassification:
     default_pretrained = True    # a transformer is always fine-tuned from its weights unless told otherwise
     default_distill = True       # the dense baseline teaches the sparse model
     main_metric = "accuracy"
+    eval_metrics = CLASSIFICATION_EVAL_METRICS
 
     def __init__(self, name: str, aliases: tuple[str, ...], task: str):
         self.name = name
@@ -185,22 +193,12 @@ class TextClassification:
             yield [data.val.arrays[n][start:stop] for n in names], data.val.labels[start:stop]
 
     def evaluate(self, predict: Predictor, data: DataBundle, batch_size: int) -> Metrics:
-        from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+        from torchmetrics.functional.classification import multiclass_f1_score
 
-        logits, targets = [], []
-        for inputs, labels in self.eval_batches(data, batch_size):
-            logits.append(predict(inputs)[0])
-            targets.append(labels)
-        preds = torch.from_numpy(np.concatenate(logits)).float()
-        target = torch.from_numpy(np.concatenate(targets)).long()
+        preds, target = collect_predictions(predict, self.eval_batches(data, batch_size))
         n = len(data.label_names)
-        present = torch.bincount(target, minlength=n) > 0
+        values = classification_metrics(preds, target, n)
         per_class = multiclass_f1_score(preds, target, num_classes=n, average="none")
-        values = {
-            "accuracy": float(multiclass_accuracy(preds, target, num_classes=n, average="micro")),
-            # macro over the classes present in validation (an absent class would count as F1 0)
-            "f1_macro": float(per_class[present].mean()),
-        }
         counts = torch.bincount(target, minlength=n)
         predicted = torch.bincount(preds.argmax(dim=1), minlength=n)
         table = [{"class": name, "f1": round(float(f1), 4), "samples": int(c), "predicted": int(p)}
