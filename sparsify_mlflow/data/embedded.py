@@ -39,3 +39,21 @@ def digits_image_folder() -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def write_once(root: Path, files: dict[str, str]) -> Path:
+    """Write generated text files into `root` once; concurrent first runs never see half a dataset."""
+    import shutil
+
+    if (root / ".complete").exists():
+        return root
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    (tmp / ".complete").touch()
+    try:
+        tmp.rename(root)  # atomic
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
