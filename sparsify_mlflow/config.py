@@ -47,6 +47,10 @@ class ExperimentConfig:
     distill: bool | None = None        # None: the use case's default (on for NLP, off for CV)
     distill_hardness: float = 0.5      # weight of the distillation loss vs the task loss
     distill_temperature: float = 2.0
+    tokens_column: str | None = None   # token classification: None: auto-detected (tokens, words)
+    tags_column: str | None = None     # None: auto-detected (ner_tags, tags, labels)
+    doc_stride: int | None = None      # question answering: overlap of context windows; None: max_seq_length // 4
+    max_answer_length: int = 30        # longest answer span in tokens
 
     def with_defaults(self, *, model: str, epochs: int, batch_size: int, lr: float,
                       pretrained: bool | None = None, distill: bool = False) -> ExperimentConfig:
@@ -100,7 +104,7 @@ def build_config(use_case: str, **options: Any) -> ExperimentConfig:
     opts["optim_level"] = level
 
     for name in ("epochs", "batch_size", "image_size", "benchmark_batch_size", "benchmark_iterations",
-                 "max_seq_length"):
+                 "max_seq_length", "doc_stride", "max_answer_length"):
         value = opts.get(name)
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -108,6 +112,10 @@ def build_config(use_case: str, **options: Any) -> ExperimentConfig:
     if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ConfigError(f"--lr must be a positive number, got {lr!r}")
     _check_distillation(canonical, opts)
+    stride = opts.get("doc_stride")
+    if stride is not None and stride >= (opts.get("max_seq_length") or ExperimentConfig.max_seq_length):
+        raise ConfigError(f"--doc-stride {stride} must be smaller than --max-seq-length "
+                          f"{opts.get('max_seq_length') or ExperimentConfig.max_seq_length}")
     device = (opts.get("device") or "auto").lower()
     if device not in DEVICES and not device.startswith("cuda:"):
         raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")

@@ -50,4 +50,9 @@ def _load_builtin() -> None:
     """Import the built-in use-case modules once (they call register())."""
     if _REGISTRY:
         return
-    from sparsify_mlflow.usecases import image_classification, text_classification  # noqa: F401
+    from sparsify_mlflow.usecases import (  # noqa: F401
+        image_classification,
+        question_answering,
+        text_classification,
+        token_classification,
+    )
