@@ -20,6 +20,7 @@ from sparsify_mlflow.usecases.question_answering import encode_questions
 from sparsify_mlflow.usecases.token_classification import IGNORE, encode_sentences
 from sparsify_mlflow.usecases.token_metrics import entity_metrics
 from sparsify_mlflow.usecases.transformers_models import load_tokenizer
+from test_text_data import expect_error, jsonl
 
 SENTENCES = [
     {"tokens": ["Maria", "Garcia", "works", "for", "Globex", "in", "Lima", "."],
@@ -38,20 +39,6 @@ QUESTIONS = [
     {"id": "c", "question": "In which year was Maria Garcia born?", "context": CONTEXT.replace("Lima", "Oslo"),
      "answers": {"text": ["1970"], "answer_start": [CONTEXT.index("1970")]}},
 ]
-
-
-def jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def expect_error(match: str, fn, *args, **kwargs) -> str:
-    with pytest.raises(DataError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    assert match in message, message
-    assert "\n" not in message
-    return message
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import json
 import random
 from pathlib import Path
 
-from sparsify_mlflow.data.embedded import cache_root, write_once
+from sparsify_mlflow.data.embedded import cached_splits, json_lines
 
 DEFAULT_ROWS = 600
 MIN_ROWS, MAX_ROWS = 40, 20000
@@ -128,25 +128,14 @@ def generate_qa(questions: int, seed: int = _SEED) -> list[dict]:
 def ner_dataset(rows: int = DEFAULT_ROWS) -> Path:
     """Folder with train.jsonl and validation.jsonl (80/20) of tagged sentences, generated once."""
     _check(rows)
-    root = cache_root() / "datasets" / f"ner-synthetic-v{GENERATOR_VERSION}-{rows}"
-    if (root / ".complete").exists():
-        return root
-    data = generate_ner(rows)
-    n_val = max(2, round(rows * 0.2))
-    return write_once(root, {name: "".join(json.dumps(r) + "\n" for r in part)
-                             for name, part in (("train.jsonl", data[n_val:]), ("validation.jsonl", data[:n_val]))})
+    return cached_splits(f"ner-synthetic-v{GENERATOR_VERSION}-{rows}", lambda: generate_ner(rows), json_lines, ".jsonl")
 
 
 def qa_dataset(questions: int = DEFAULT_ROWS) -> Path:
     """Folder with train.json and validation.json (SQuAD layout, 80/20 by context), generated once."""
     _check(questions)
-    root = cache_root() / "datasets" / f"qa-synthetic-v{GENERATOR_VERSION}-{questions}"
-    if (root / ".complete").exists():
-        return root
-    articles = generate_qa(questions)
-    n_val = max(1, round(len(articles) * 0.2))
-    return write_once(root, {name: json.dumps({"version": "synthetic-1", "data": part}, indent=1)
-                             for name, part in (("train.json", articles[n_val:]), ("validation.json", articles[:n_val]))})
+    return cached_splits(f"qa-synthetic-v{GENERATOR_VERSION}-{questions}", lambda: generate_qa(questions),
+                         lambda part: json.dumps({"version": "synthetic-1", "data": part}, indent=1), ".json")
 
 
 def _check(rows: int) -> None:

@@ -11,7 +11,6 @@ them with SQuAD exact match and F1; the exported ONNX model goes through the sam
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,13 +156,8 @@ class QuestionAnswering(TransformerTask):
 
     # ---- model -------------------------------------------------------------------------------
 
-    def create_model(self, cfg: ExperimentConfig, num_labels: int, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
-        return load_question_answerer(cfg.model, pretrained)
-
-    def build_model(self, cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
-        model, facts = load_question_answerer(cfg.model, bool(cfg.pretrained))
-        self.check_model(cfg, data, model, facts)
-        return model
+    def load_model(self, name: str, label_names: list[str], pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+        return load_question_answerer(name, pretrained)  # no labels: the head scores start and end
 
     def loss(self, outputs: tuple[torch.Tensor, ...], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         start, end = outputs[0], outputs[1]
@@ -172,11 +166,8 @@ class QuestionAnswering(TransformerTask):
 
     # ---- evaluation --------------------------------------------------------------------------
 
-    def eval_batches(self, data: DataBundle, batch_size: int) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
-        names = self.input_names(data)
-        for start in range(0, len(data.val), batch_size):
-            stop = start + batch_size
-            yield [data.val.arrays[n][start:stop] for n in names], data.val.feature_question[start:stop]
+    def eval_targets(self, data: DataBundle) -> np.ndarray:
+        return data.val.feature_question  # each window's question: answers are picked over all its windows
 
     def evaluate(self, predict: Predictor, data: DataBundle, batch_size: int) -> Metrics:
         outputs = [predict(inputs)[:2] for inputs, _ in self.eval_batches(data, batch_size)]

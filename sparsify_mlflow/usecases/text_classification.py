@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,24 +118,13 @@ class TextClassification(TransformerTask):
 
     # ---- model -------------------------------------------------------------------------------
 
-    def create_model(self, cfg: ExperimentConfig, num_labels: int, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
-        return load_sequence_classifier(cfg.model, [f"LABEL_{i}" for i in range(num_labels)], pretrained)
-
-    def build_model(self, cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
-        model, facts = load_sequence_classifier(cfg.model, data.label_names, bool(cfg.pretrained))
-        self.check_model(cfg, data, model, facts)
-        return model
+    def load_model(self, name: str, label_names: list[str], pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+        return load_sequence_classifier(name, label_names, pretrained)
 
     def loss(self, outputs: tuple[torch.Tensor, ...], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         return nn.functional.cross_entropy(outputs[0], targets["labels"])
 
     # ---- evaluation --------------------------------------------------------------------------
-
-    def eval_batches(self, data: DataBundle, batch_size: int) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
-        names = self.input_names(data)
-        for start in range(0, len(data.val), batch_size):
-            stop = start + batch_size
-            yield [data.val.arrays[n][start:stop] for n in names], data.val.labels[start:stop]
 
     def evaluate(self, predict: Predictor, data: DataBundle, batch_size: int) -> Metrics:
         from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score

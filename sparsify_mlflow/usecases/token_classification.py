@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +136,8 @@ class TokenClassification(TransformerTask):
 
     # ---- model -------------------------------------------------------------------------------
 
-    def create_model(self, cfg: ExperimentConfig, num_labels: int, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
-        return load_token_classifier(cfg.model, [f"LABEL_{i}" for i in range(num_labels)], pretrained)
-
-    def build_model(self, cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
-        model, facts = load_token_classifier(cfg.model, data.label_names, bool(cfg.pretrained))
-        self.check_model(cfg, data, model, facts)
-        return model
+    def load_model(self, name: str, label_names: list[str], pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+        return load_token_classifier(name, label_names, pretrained)
 
     def loss(self, outputs: tuple[torch.Tensor, ...], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = outputs[0]
@@ -151,12 +145,6 @@ class TokenClassification(TransformerTask):
                                            ignore_index=IGNORE)
 
     # ---- evaluation --------------------------------------------------------------------------
-
-    def eval_batches(self, data: DataBundle, batch_size: int) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
-        names = self.input_names(data)
-        for start in range(0, len(data.val), batch_size):
-            stop = start + batch_size
-            yield [data.val.arrays[n][start:stop] for n in names], data.val.targets["labels"][start:stop]
 
     def evaluate(self, predict: Predictor, data: DataBundle, batch_size: int) -> Metrics:
         predicted = np.concatenate([predict(inputs)[0].argmax(axis=-1) for inputs, _ in

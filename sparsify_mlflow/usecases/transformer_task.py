@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,18 @@ class TransformerTask:
 
     # ---- model -------------------------------------------------------------------------------
 
+    def load_model(self, name: str, label_names: list[str], pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+        """The task's AutoModelFor... with its head sized to `label_names`, plus facts to log."""
+        raise NotImplementedError
+
+    def create_model(self, cfg: ExperimentConfig, num_labels: int, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+        return self.load_model(cfg.model, [f"LABEL_{i}" for i in range(num_labels)], pretrained)
+
+    def build_model(self, cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
+        model, facts = self.load_model(cfg.model, data.label_names, bool(cfg.pretrained))
+        self.check_model(cfg, data, model, facts)
+        return model
+
     def check_model(self, cfg: ExperimentConfig, data: DataBundle, model: nn.Module, facts: dict[str, Any]) -> None:
         """Reject a sequence length the model cannot embed; log the model facts and input names."""
         limit = getattr(model.config, "max_position_embeddings", None)
@@ -105,6 +118,16 @@ class TransformerTask:
         return encoder_scope(model, self.head)
 
     # ---- inputs and outputs ------------------------------------------------------------------
+
+    def eval_batches(self, data: DataBundle, batch_size: int) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+        names, targets = self.input_names(data), self.eval_targets(data)
+        for start in range(0, len(data.val), batch_size):
+            stop = start + batch_size
+            yield [data.val.arrays[n][start:stop] for n in names], targets[start:stop]
+
+    def eval_targets(self, data: DataBundle) -> np.ndarray:
+        """Per validation row, what its prediction is scored against (class id, tag ids)."""
+        return data.val.targets["labels"]
 
     def sample_inputs(self, data: DataBundle, n: int) -> list[np.ndarray]:
         idx = np.arange(n) % len(data.val)
