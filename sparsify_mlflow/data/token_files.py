@@ -51,7 +51,7 @@ class TokenSplits:
 
 
 @dataclass(frozen=True)
-class _Raw:
+class RawSentence:
     where: str
     tokens: list[str]
     tags: list[int | str]
@@ -78,7 +78,7 @@ def load_token_splits(data: Path, *, seed: int, tokens_column: str | None = None
 
 
 def read_sentences(path: Path, tokens_column: str | None = None, tags_column: str | None = None
-                   ) -> tuple[list[_Raw], tuple[str, str]]:
+                   ) -> tuple[list[RawSentence], tuple[str, str]]:
     """Sentences of one file and the (tokens, tags) columns they came from."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -91,7 +91,7 @@ def read_sentences(path: Path, tokens_column: str | None = None, tags_column: st
 
 
 def sentences_from_rows(rows: list[Row], tokens_column: str | None = None, tags_column: str | None = None
-                        ) -> tuple[list[_Raw], tuple[str, str]]:
+                        ) -> tuple[list[RawSentence], tuple[str, str]]:
     """Records holding a token list and a tag list (local JSON or hub rows), checked one by one."""
     first = rows[0]
     tokens_column = tokens_column or _find_column(first, TOKENS_COLUMNS, "--tokens-column")
@@ -107,7 +107,7 @@ def _find_column(row: Row, candidates: tuple[str, ...], option: str) -> str:
                     f"(columns: {', '.join(map(str, row.fields))}); name it with {option}")
 
 
-def _sentence(row: Row, tokens_column: str, tags_column: str) -> _Raw:
+def _sentence(row: Row, tokens_column: str, tags_column: str) -> RawSentence:
     for column in (tokens_column, tags_column):
         if column not in row.fields:
             raise DataError(f"{row.where}: no field {column!r} (fields: {', '.join(map(str, row.fields))})")
@@ -126,13 +126,13 @@ def _sentence(row: Row, tokens_column: str, tags_column: str) -> _Raw:
     for i, tag in enumerate(tags):
         if isinstance(tag, bool) or not isinstance(tag, (int, str)) or (isinstance(tag, str) and not tag.strip()):
             raise DataError(f"{row.where}: tag {i + 1} ({tag!r}) of token {tokens[i]!r} is not a tag name or id")
-    return _Raw(row.where, list(tokens), [t.strip() if isinstance(t, str) else t for t in tags])
+    return RawSentence(row.where, list(tokens), [t.strip() if isinstance(t, str) else t for t in tags])
 
 
-def _read_conll(path: Path) -> list[_Raw]:
+def _read_conll(path: Path) -> list[RawSentence]:
     """Blank-line separated sentences, one `token ... tag` line per token."""
     text = read_utf8(path)
-    sentences: list[_Raw] = []
+    sentences: list[RawSentence] = []
     tokens: list[str] = []
     tags: list[int | str] = []
     start = 0
@@ -142,7 +142,7 @@ def _read_conll(path: Path) -> list[_Raw]:
             continue
         if not columns:
             if tokens:
-                sentences.append(_Raw(f"{path}:{start}", tokens, tags))
+                sentences.append(RawSentence(f"{path}:{start}", tokens, tags))
             tokens, tags = [], []
             continue
         if len(columns) < 2:
@@ -170,7 +170,7 @@ def _label_file(folder: Path) -> list[str] | None:
     return names
 
 
-def build_token_splits(train: list[_Raw], val: list[_Raw] | None, columns: tuple[str, str], *, seed: int,
+def build_token_splits(train: list[RawSentence], val: list[RawSentence] | None, columns: tuple[str, str], *, seed: int,
                        layout: str, files: list[Path], notes: list[str] | None = None,
                        label_names: list[str] | None = None) -> TokenSplits:
     """Map tags to ids and split. `label_names` gives the names of integer tags (labels.json, ClassLabel)."""
@@ -189,7 +189,7 @@ def build_token_splits(train: list[_Raw], val: list[_Raw] | None, columns: tuple
     else:
         raise DataError(f"{train[0].where}: tags mix names and integer ids; use one or the other")
 
-    def convert(raw: list[_Raw], split_of: str) -> list[Sentence]:
+    def convert(raw: list[RawSentence], split_of: str) -> list[Sentence]:
         out = []
         for sentence in raw:
             for tag in sentence.tags:

@@ -188,6 +188,7 @@ class TextClassification(TransformerTask):
             "pip_requirements": _serving_requirements(),
         }
 
+
 def _embedded_rows(spec: str) -> int:
     from sparsify_mlflow.data.embedded_text import MAX_ROWS, MIN_ROWS
 
