@@ -103,6 +103,14 @@ def cli() -> None:
               help='JSON/YAML mapping for the training loop: weight_decay, momentum, grad_clip, num_workers.')
 @click.option("--deploy-engine", default="deepsparse", show_default=True,
               help="Engine that validates and benchmarks the deployment: deepsparse or onnxruntime.")
+@click.option("--tokens-column", default=None, help="Token classification: field with the word list "
+              "(default: auto-detected, tokens or words).")
+@click.option("--tags-column", default=None, help="Token classification: field with the tag list "
+              "(default: auto-detected, ner_tags, tags or labels).")
+@click.option("--doc-stride", type=OPT_INT, default=None, help="Question answering: tokens shared by consecutive "
+              "windows of a long context (default: max-seq-length / 4).")
+@click.option("--max-answer-length", type=OPT_INT, default=None,
+              help="Question answering: longest answer in tokens (default 30).")
 def training_aware(use_case: str, no_register: bool, register_value: str, pretrained_weights: str,
                    distill_mode: str, **options: Any) -> None:
     """Fine-tune a dense baseline and a pruned + INT8 model, compare them, register the sparse one."""

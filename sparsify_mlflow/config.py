@@ -80,6 +80,10 @@ class ExperimentConfig:
     recipe_args: RecipeArgs = field(default_factory=RecipeArgs)
     train_kwargs: TrainKwargs = field(default_factory=TrainKwargs)
     deploy_engine: str = "deepsparse"  # validates and benchmarks the deployment
+    tokens_column: str | None = None   # token classification: None: auto-detected (tokens, words)
+    tags_column: str | None = None     # None: auto-detected (ner_tags, tags, labels)
+    doc_stride: int | None = None      # question answering: overlap of context windows; None: max_seq_length // 4
+    max_answer_length: int = 30        # longest answer span in tokens
 
     @property
     def distill(self) -> bool:
@@ -143,7 +147,7 @@ def build_config(use_case: str, **options: Any) -> ExperimentConfig:
     opts["optim_level"] = parse_optim_level(0.5 if level is None else level, "--optim-level")
 
     for name in ("epochs", "batch_size", "image_size", "benchmark_batch_size", "benchmark_iterations",
-                 "max_seq_length"):
+                 "max_seq_length", "doc_stride", "max_answer_length"):
         value = opts.get(name)
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -161,6 +165,10 @@ def build_config(use_case: str, **options: Any) -> ExperimentConfig:
     if engine not in DEPLOY_ENGINES:
         raise ConfigError(f"--deploy-engine must be one of {', '.join(DEPLOY_ENGINES)}, got {engine!r}")
     opts["deploy_engine"] = engine
+    stride = opts.get("doc_stride")
+    if stride is not None and stride >= (opts.get("max_seq_length") or ExperimentConfig.max_seq_length):
+        raise ConfigError(f"--doc-stride {stride} must be smaller than --max-seq-length "
+                          f"{opts.get('max_seq_length') or ExperimentConfig.max_seq_length}")
     device = (opts.get("device") or "auto").lower()
     if device not in DEVICES and not device.startswith("cuda:"):
         raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")

@@ -1,6 +1,11 @@
 """Assertions on what an experiment left in an MLflow store (shared by the end-to-end tests)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -34,3 +39,14 @@ def assert_failed_cleanly(store: str, reason_fragment: str) -> None:
         assert run.info.status == "FAILED", (run.info.run_name, run.info.status)
     assert any(reason_fragment in r.data.tags.get("sparsify.failure_reason", "") for r in runs)
     assert registered_versions(store) == []
+
+
+def run_project(repo: Path, params: dict[str, str], store: str, cwd: Path, experiment: str) -> subprocess.CompletedProcess:
+    """`mlflow run <repo> --env-manager local` with the test's environment on PATH and its store."""
+    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(repo), "--env-manager", "local",
+               "--experiment-name", experiment]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    env = os.environ | {"MLFLOW_TRACKING_URI": store,
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=1200)

@@ -1,8 +1,11 @@
 """Embedded default data that ships inside installed packages (no hub, no network)."""
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +34,35 @@ def digits_image_folder() -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.clip(image * (255.0 / 16.0), 0, 255).astype(np.uint8)
         Image.fromarray(pixels, mode="L").save(folder / f"{i:04d}.png")
+    return _publish(tmp, root)
+
+
+def cached_splits(name: str, make: Callable[[], list[Any]], write: Callable[[list[Any]], str], suffix: str) -> Path:
+    """Cache folder `name` with train<suffix> + validation<suffix>: 80/20 of `make()`, generated once."""
+    root = cache_root() / "datasets" / name
+    if (root / ".complete").exists():
+        return root
+    items = make()
+    n_val = max(2, round(len(items) * 0.2))
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for stem, part in (("train", items[n_val:]), ("validation", items[:n_val])):
+        (tmp / f"{stem}{suffix}").write_text(write(part), encoding="utf-8")
+    return _publish(tmp, root)
+
+
+def json_lines(rows: list[Any]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _publish(tmp: Path, root: Path) -> Path:
+    """Mark `tmp` complete and rename it to `root`: atomic, so concurrent first runs never see half a
+    dataset (a run that loses the race drops its copy)."""
+    import shutil
+
     (tmp / ".complete").touch()
     try:
-        tmp.rename(root)  # atomic: concurrent first runs never see half a dataset
+        tmp.rename(root)
     except OSError:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return root

@@ -8,13 +8,10 @@ train.jsonl + validation.jsonl (80/20) with string labels "negative"/"positive".
 """
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
 from pathlib import Path
 
-from sparsify_mlflow.data.embedded import cache_root
+from sparsify_mlflow.data.embedded import cached_splits, json_lines
 
 DEFAULT_ROWS = 800
 MIN_ROWS, MAX_ROWS = 40, 20000
@@ -99,18 +96,5 @@ def sentiment_dataset(rows: int = DEFAULT_ROWS) -> Path:
     """Folder with train.jsonl and validation.jsonl (80/20), generated once into the cache."""
     if not MIN_ROWS <= rows <= MAX_ROWS:
         raise ValueError(f"embedded sentiment rows must be in [{MIN_ROWS}, {MAX_ROWS}], got {rows}")
-    root = cache_root() / "datasets" / f"sentiment-synthetic-v{GENERATOR_VERSION}-{rows}"
-    if (root / ".complete").exists():
-        return root
-    data = generate(rows)
-    n_val = max(2, round(rows * 0.2))
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train.jsonl", data[n_val:]), ("validation.jsonl", data[:n_val])):
-        (tmp / name).write_text("".join(json.dumps(row) + "\n" for row in part), encoding="utf-8")
-    (tmp / ".complete").touch()
-    try:
-        tmp.rename(root)  # atomic: concurrent first runs never see half a dataset
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return cached_splits(f"sentiment-synthetic-v{GENERATOR_VERSION}-{rows}", lambda: generate(rows), json_lines,
+                         ".jsonl")

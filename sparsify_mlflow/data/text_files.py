@@ -18,10 +18,10 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sparsify_mlflow.errors import DataError
 
@@ -36,6 +36,7 @@ AUTO_COLUMNS: tuple[tuple[str, str | None], ...] = (
 )
 DEFAULT_LABEL_COLUMN = "label"
 _INT = re.compile(r"^[+-]?\d+$")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def read_rows(path: Path) -> list[Row]:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
-    text = _read_utf8(path)
+    text = read_utf8(path)
     if suffix == ".jsonl":
         rows = list(_json_lines(path, text))
     elif suffix == ".json":
@@ -95,7 +96,7 @@ def read_rows(path: Path) -> list[Row]:
     return rows
 
 
-def _read_utf8(path: Path) -> str:
+def read_utf8(path: Path) -> str:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -295,10 +296,10 @@ def load_text_splits(data: Path, *, seed: int, text_column: str | None = None,
     return build_splits(train_rows, val_rows, columns, seed=seed, layout=layout, files=files, notes=notes)
 
 
-def find_split_files(folder: Path) -> tuple[Path, Path, list[str]]:
-    """train.<ext> and the first of validation/val/dev/valid/test.<ext> in `folder`."""
+def find_split_files(folder: Path, suffixes: Sequence[str] = SUFFIXES) -> tuple[Path, Path, list[str]]:
+    """train.<ext> and the first of validation/val/dev/valid/test.<ext> in `folder` (ext in `suffixes`)."""
     def find(stem: str) -> Path | None:
-        found = [folder / f"{stem}{s}" for s in SUFFIXES if (folder / f"{stem}{s}").is_file()]
+        found = [folder / f"{stem}{s}" for s in suffixes if (folder / f"{stem}{s}").is_file()]
         if len(found) > 1:
             raise DataError(f"{folder} has several {stem} files ({', '.join(p.name for p in found)}); keep one")
         return found[0] if found else None
@@ -308,8 +309,9 @@ def find_split_files(folder: Path) -> tuple[Path, Path, list[str]]:
     evals = [(name, path) for name, path in evals if path is not None]
     if train is None:
         raise DataError(
-            f"data folder {folder} has no train file (expected train.jsonl, train.json, train.csv or "
-            f"train.tsv next to validation.<ext>), or pass a single file to split by seed"
+            f"data folder {folder} has no train file (expected one of "
+            f"{', '.join('train' + s for s in suffixes)} next to validation.<ext>), "
+            "or pass a single file to split by seed"
         )
     if not evals:
         raise DataError(f"data folder {folder} has {train.name} but no validation file "
@@ -384,3 +386,19 @@ def stratified_split(examples: list[Example], seed: int) -> tuple[list[Example],
     rng.shuffle(train)
     return train, val
 
+
+def split_by_seed(items: list[T], seed: int, group: Callable[[T], Hashable] | None = None) -> tuple[list[T], list[T]]:
+    """Deterministic 80/20 (train, validation) split; items of one `group` stay on one side.
+
+    For data without a class label to stratify by (tagged sentences, questions: grouped by their
+    context so a validation question never reads a paragraph seen in training).
+    """
+    groups: dict[Hashable, list[T]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(i if group is None else group(item), []).append(item)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    n_val = max(1, round(len(keys) * VAL_FRACTION)) if len(keys) > 1 else 0
+    val = [item for key in keys[:n_val] for item in groups[key]]
+    train = [item for key in keys[n_val:] for item in groups[key]]
+    return train, val

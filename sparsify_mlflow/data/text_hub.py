@@ -6,6 +6,7 @@ pass local files; a dataset already in the `datasets` cache loads offline too.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,19 @@ def resolve_hub_name(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def load_hub_splits(spec: str, *, seed: int, text_column: str | None = None, pair_column: str | None = None,
-                    label_column: str | None = None) -> TextSplits:
+@dataclass
+class HubRows:
+    """A hub dataset's train and evaluation rows, as local files would give them, plus its features."""
+
+    label: str                      # "glue/sst2"
+    train: list[Row]
+    val: list[Row] | None           # None: no evaluation split, split the training rows by seed
+    eval_split: str | None
+    features: Any                   # datasets.Features of the train split (ClassLabel names etc.)
+
+
+def load_hub_rows(spec: str, hint: str = "--data train.jsonl, or a folder with train.jsonl and "
+                  "validation.jsonl (also .json/.csv)") -> HubRows:
     """Load a Hugging Face dataset by name; offline or unreachable -> one DataError line."""
     name, config = resolve_hub_name(spec)
     label = f"{name}/{config}" if config else name
@@ -53,19 +65,25 @@ def load_hub_splits(spec: str, *, seed: int, text_column: str | None = None, pai
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DataError(
             f"cannot load the Hugging Face dataset {label!r} ({type(exc).__name__}: {reason}); "
-            "without hub access pass local files instead: --data train.jsonl, or a folder with "
-            "train.jsonl and validation.jsonl (also .json/.csv)"
+            f"without hub access pass local files instead: {hint}"
         ) from None
     if "train" not in dataset:
         raise DataError(f"Hugging Face dataset {label!r} has no train split (splits: {', '.join(dataset)})")
     eval_split = next((s for s in HUB_EVAL_SPLITS if s in dataset), None)
-    train_rows = _hub_rows(dataset["train"], f"hf:{label}/train")
-    val_rows = _hub_rows(dataset[eval_split], f"hf:{label}/{eval_split}") if eval_split else None
-    columns = pick_columns(train_rows[0], text_column, pair_column, label_column)
-    feature = dataset["train"].features.get(columns[2])
+    return HubRows(label, _hub_rows(dataset["train"], f"hf:{label}/train"),
+                   _hub_rows(dataset[eval_split], f"hf:{label}/{eval_split}") if eval_split else None,
+                   eval_split, dataset["train"].features)
+
+
+def load_hub_splits(spec: str, *, seed: int, text_column: str | None = None, pair_column: str | None = None,
+                    label_column: str | None = None) -> TextSplits:
+    """A hub text-classification dataset as TextSplits (ClassLabel names fix the label ids)."""
+    hub = load_hub_rows(spec)
+    columns = pick_columns(hub.train[0], text_column, pair_column, label_column)
+    feature = hub.features.get(columns[2])
     names = list(feature.names) if hasattr(feature, "names") else None
-    return build_splits(train_rows, val_rows, columns, seed=seed, files=[],
-                        layout=f"hub dataset {label}: train + {eval_split or 'split by seed'}",
+    return build_splits(hub.train, hub.val, columns, seed=seed, files=[],
+                        layout=f"hub dataset {hub.label}: train + {hub.eval_split or 'split by seed'}",
                         label_names=names)
 
 

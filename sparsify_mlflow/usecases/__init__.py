@@ -55,7 +55,14 @@ def resolve(name_or_alias: str) -> UseCase:
 
 
 def _load_builtin() -> None:
-    """Import the built-in use-case modules once (they call register())."""
-    if _REGISTRY:
-        return
-    from sparsify_mlflow.usecases import image_classification, text_classification  # noqa: F401
+    """Import the built-in use-case modules (they call register(); Python imports each once).
+
+    Not skipped when the registry is non-empty: importing one use-case module directly registers
+    only that one, and the others must still load.
+    """
+    from sparsify_mlflow.usecases import (  # noqa: F401
+        image_classification,
+        question_answering,
+        text_classification,
+        token_classification,
+    )

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,6 @@ from torch import nn
 
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import text_files, text_hub
-from sparsify_mlflow.errors import DataError
-from sparsify_mlflow.levels import PruningScope
 from sparsify_mlflow.usecases import register
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
@@ -32,51 +28,34 @@ from sparsify_mlflow.usecases.base import (
     classification_metrics,
     collect_predictions,
 )
-from sparsify_mlflow.usecases.transformers_models import (
-    encoder_scope,
-    forward_input_names,
-    load_sequence_classifier,
-    load_tokenizer,
+from sparsify_mlflow.usecases.transformer_task import (
+    TRUNCATION_WARNING,
+    EncodedDataset,
+    TransformerTask,
+    embedded_rows,
+    int64_arrays,
+    is_embedded,
 )
+from sparsify_mlflow.usecases.transformers_models import load_sequence_classifier, load_tokenizer
 
-HEAD = "classifier"
 PYFUNC_FILE = Path(__file__).with_name("text_pyfunc.py")
-TRUNCATION_WARNING = 0.05  # warn when more than this share of rows is cut at max_seq_length
 
 
-class TokenizedText(torch.utils.data.Dataset):
-    """Examples tokenized to a fixed length: items are dicts of int64 tensors plus `labels`."""
+class TokenizedText(EncodedDataset):
+    """Examples tokenized to a fixed length, with their class ids as the `labels` target."""
 
     def __init__(self, examples: list[text_files.Example], encoded: dict[str, np.ndarray], tokenizer: Any):
         self.examples = examples
-        self.arrays = encoded
         self.labels = np.array([e.label for e in examples], dtype=np.int64)
-        self.tokenizer = tokenizer
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = {k: torch.from_numpy(v[i]) for k, v in self.arrays.items()}
-        item["labels"] = torch.tensor(self.labels[i], dtype=torch.long)
-        return item
+        super().__init__(encoded, {"labels": self.labels}, tokenizer)
 
 
-class TextClassification:
-    aliases: tuple[str, ...]
-    default_model = "minilm"
+class TextClassification(TransformerTask):
     default_epochs = 6
     default_batch_size = 32
     default_lr = 1e-4
-    default_pretrained = True    # a transformer is always fine-tuned from its weights unless told otherwise
-    default_distill = True       # the dense baseline teaches the sparse model
     main_metric = "accuracy"
     eval_metrics = CLASSIFICATION_EVAL_METRICS
-
-    def __init__(self, name: str, aliases: tuple[str, ...], task: str):
-        self.name = name
-        self.aliases = aliases
-        self.task = task
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -124,7 +103,7 @@ class TextClassification:
         columns = {"text_column": cfg.text_column, "pair_column": cfg.text_pair_column,
                    "label_column": cfg.label_column}
         spec = cfg.data
-        if spec is None or spec == "embedded" or spec.startswith("embedded:"):
+        if is_embedded(spec):
             from sparsify_mlflow.data.embedded_text import DEFAULT_ROWS, sentiment_dataset
 
             rows = DEFAULT_ROWS if spec in (None, "embedded") else _embedded_rows(spec)
@@ -143,54 +122,17 @@ class TextClassification:
                             return_tensors="np")
         full = tokenizer(texts, pairs, truncation=False, padding=False, verbose=False)["input_ids"]
         cut = sum(len(ids) > max_len for ids in full)
-        arrays = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in encoded.items()}
-        return TokenizedText(examples, arrays, tokenizer), cut
+        return TokenizedText(examples, int64_arrays(encoded), tokenizer), cut
 
     # ---- model -------------------------------------------------------------------------------
 
-    def create_model(self, cfg: ExperimentConfig, num_labels: int, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
-        return load_sequence_classifier(cfg.model, [f"LABEL_{i}" for i in range(num_labels)], pretrained)
+    def load_model(self, name: str, label_names: list[str], pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+        return load_sequence_classifier(name, label_names, pretrained)
 
-    def build_model(self, cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
-        model, facts = load_sequence_classifier(cfg.model, data.label_names, bool(cfg.pretrained))
-        limit = getattr(model.config, "max_position_embeddings", None)
-        if limit and cfg.max_seq_length > limit:
-            raise DataError(f"--max-seq-length {cfg.max_seq_length} exceeds {cfg.model}'s {limit} positions")
-        data.info.update({f"model.{k}": v for k, v in facts.items()})
-        data.info["model.input_names"] = ",".join(self._input_names(model, data))
-        return model
-
-    def make_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        """AdamW, no weight decay on biases and LayerNorm (the usual BERT fine-tuning setup)."""
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            (no_decay if p.dim() <= 1 or "LayerNorm" in name else decay).append(p)
-        return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-
-    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
-        return self.distillation_step(model, batch, device)[0]
-
-    def distillation_step(self, model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
-                          ) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
-        """(task loss, student outputs, student inputs): what sparseml's DistillationModifier needs.
-
-        The batch is trimmed to its longest row (the rest is padding), so short texts train fast.
-        """
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        length = int(inputs["attention_mask"].sum(dim=1).max())
-        inputs = {k: v[:, :length].to(device) for k, v in inputs.items()}
-        outputs = model(**inputs)
-        loss = nn.functional.cross_entropy(outputs[0], batch["labels"].to(device))
-        return loss, outputs, inputs
+    def loss(self, outputs: tuple[torch.Tensor, ...], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs[0], targets["labels"])
 
     # ---- evaluation --------------------------------------------------------------------------
-
-    def eval_batches(self, data: DataBundle, batch_size: int) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
-        names = self._names(data)
-        for start in range(0, len(data.val), batch_size):
-            stop = start + batch_size
-            yield [data.val.arrays[n][start:stop] for n in names], data.val.labels[start:stop]
 
     def evaluate(self, predict: Predictor, data: DataBundle, batch_size: int) -> Metrics:
         from torchmetrics.functional.classification import multiclass_f1_score
@@ -205,20 +147,10 @@ class TextClassification:
                  for name, f1, c, p in zip(data.label_names, per_class, counts, predicted)]
         return Metrics(self.main_metric, values, {"per_class_f1": table})
 
-    def sample_inputs(self, data: DataBundle, n: int) -> list[np.ndarray]:
-        idx = np.arange(n) % len(data.val)
-        return [np.ascontiguousarray(data.val.arrays[name][idx]) for name in self._names(data)]
-
-    def io_names(self, data: DataBundle) -> tuple[list[str], list[str]]:
-        return self._names(data), ["logits"]
-
-    def pruning_scope(self, model: nn.Module) -> PruningScope:
-        return encoder_scope(model, HEAD)
-
     # ---- deployment --------------------------------------------------------------------------
 
     def deployment_config(self, data: DataBundle) -> dict[str, Any]:
-        names = self._names(data)
+        names = self.input_names(data)
         length = data.preprocessing["max_seq_length"]
         return {
             "task": self.task,
@@ -227,19 +159,10 @@ class TextClassification:
             "id2label": {str(i): n for i, n in enumerate(data.label_names)},
             "max_seq_length": length,
             "input_names": names,
-            "inputs": {n: f"int64 [batch, {length}] from the tokenizer (padding='max_length', truncation)"
-                       for n in names},
+            "inputs": self.input_specs(data),
             "outputs": {"logits": "float32 [batch, num_labels]; argmax is the label id"},
             "preprocessing": data.preprocessing,
         }
-
-    def deployment_files(self, data: DataBundle, folder: Path) -> None:
-        """The tokenizer (set to max_seq_length) and labels.json beside model.onnx."""
-        tokenizer_dir = folder / "tokenizer"
-        if tokenizer_dir.exists():
-            shutil.rmtree(tokenizer_dir)
-        data.val.tokenizer.save_pretrained(str(tokenizer_dir))
-        (folder / "labels.json").write_text(json.dumps(data.label_names, indent=2, ensure_ascii=False))
 
     def serving_model(self, data: DataBundle, folder: Path) -> dict[str, Any]:
         """What to register: a pyfunc that tokenizes raw text and runs model.onnx (see text_pyfunc.py)."""
@@ -263,32 +186,11 @@ class TextClassification:
             "pip_requirements": _serving_requirements(),
         }
 
-    # ---- helpers -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _input_names(model: nn.Module, data: DataBundle) -> list[str]:
-        """The model's inputs in forward order, remembered with the preprocessing (and exported)."""
-        names = forward_input_names(model, list(data.train.arrays))
-        data.preprocessing["input_names"] = names
-        return names
-
-    @staticmethod
-    def _names(data: DataBundle) -> list[str]:
-        names = data.preprocessing.get("input_names")
-        if names is None:  # before build_model: the tokenizer's outputs in BERT's forward order
-            order = ("input_ids", "attention_mask", "token_type_ids")
-            names = [n for n in order if n in data.val.arrays]
-        return list(names)
-
 
 def _embedded_rows(spec: str) -> int:
     from sparsify_mlflow.data.embedded_text import MAX_ROWS, MIN_ROWS
 
-    value = spec.split(":", 1)[1]
-    if not value.strip().isdigit() or not MIN_ROWS <= int(value) <= MAX_ROWS:
-        raise DataError(f"--data {spec!r}: expected embedded:<rows> with {MIN_ROWS} to {MAX_ROWS} rows, "
-                        "e.g. embedded:3000")
-    return int(value)
+    return embedded_rows(spec, MIN_ROWS, MAX_ROWS)
 
 
 def _fingerprint(splits: text_files.TextSplits, max_seq_length: int) -> str:

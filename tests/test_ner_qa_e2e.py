@@ -1,0 +1,168 @@
+"""NER and QA through the CLI and `mlflow run`: bad data fails the run and registers nothing; tiny
+generated data runs the whole flow (dense + 70% sparse INT8 MiniLM, ONNX checked on DeepSparse,
+benchmarks, registry) and leaves the expected MLflow contents."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from mlflow_checks import assert_failed_cleanly, family, registered_versions, run_project
+from sparsify_mlflow.cli import main
+from sparsify_mlflow.data.embedded_entities import generate_ner, generate_qa
+
+TINY = ["--epochs", "2", "--batch-size", "16", "--benchmark-batch-size", "4", "--benchmark-iterations", "3"]
+
+
+def write_conll(folder: Path, sentences: int = 100) -> Path:
+    """train.conll + validation.conll (80/20) of generated PER/LOC/ORG sentences."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = generate_ner(sentences)
+    cut = sentences * 4 // 5
+    for name, part in (("train.conll", rows[:cut]), ("validation.conll", rows[cut:])):
+        blocks = ["\n".join(f"{t} {g}" for t, g in zip(r["tokens"], r["ner_tags"])) for r in part]
+        (folder / name).write_text("-DOCSTART- O\n\n" + "\n\n".join(blocks) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_flat_qa(path: Path, questions: int = 100) -> Path:
+    """Flat JSONL records (id, question, context, answers) from generated SQuAD articles."""
+    rows = [{"id": qa["id"], "question": qa["question"], "context": p["context"],
+             "answers": {"text": [a["text"] for a in qa["answers"]],
+                         "answer_start": [a["answer_start"] for a in qa["answers"]]}}
+            for article in generate_qa(questions) for p in article["paragraphs"] for qa in p["qas"]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any("Traceback" in line for line in err)
+    errors = [line for line in err if line.startswith("error:")]
+    return code, errors[-1] if errors else ""
+
+
+# ---- bad input through the CLI ------------------------------------------------------------------
+
+
+def test_token_tag_mismatch_fails_the_run_and_registers_nothing(capsys, store: str, tmp_path: Path) -> None:
+    path = tmp_path / "ner.jsonl"
+    rows = generate_ner(20)
+    rows[6]["ner_tags"] = rows[6]["ner_tags"][:-1]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code, err = run_cli(capsys, "training-aware", "--use-case", "ner", "--data", str(path), "--tracking-uri", store,
+                        "--working-dir", str(tmp_path), *TINY)
+    assert code == 2 and err.startswith(f"error: {path}:7: ") and "tokens in 'tokens' but" in err
+    assert_failed_cleanly(store, "every token needs exactly one tag")
+
+
+def test_answer_off_its_context_fails_the_run_and_registers_nothing(capsys, store: str, tmp_path: Path) -> None:
+    path = write_flat_qa(tmp_path / "qa.jsonl", 20)
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[2])
+    record["answers"]["answer_start"] = [record["answers"]["answer_start"][0] + 1]
+    lines[2] = json.dumps(record)
+    path.write_text("\n".join(lines) + "\n")
+    code, err = run_cli(capsys, "training-aware", "--use-case", "qa", "--data", str(path), "--tracking-uri", store,
+                        "--working-dir", str(tmp_path), *TINY)
+    assert code == 2 and err.startswith(f"error: {path}:3 (question id {record['id']!r}): answer ")
+    assert "does not match the context" in err
+    assert_failed_cleanly(store, "does not match the context")
+
+
+# ---- end to end ---------------------------------------------------------------------------------
+
+
+def assert_common(store: str, summary: dict, use_case: str, arch: str, metric_names: list[str]) -> tuple:
+    parent, children = family(store, summary["parent_run_id"])
+    assert parent.info.status == "FINISHED" and set(children) == {"dense", "sparse"}
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    params, metrics = parent.data.params, parent.data.metrics
+    assert params["config.use_case"] == use_case and params["model.arch"] == arch
+    assert params["recipe.distillation"] == "True"
+    for name in metric_names:
+        for side in ("dense.", "sparse.", "sparse.onnx."):
+            assert side + name in metrics, side + name
+    for name in ("main_drop", "speedup.deepsparse.bs1", "sparse.deepsparse.bs4.items_per_second",
+                 "dense.onnxruntime.bs1.latency_ms_median"):
+        assert name in metrics, name
+    assert metrics["sparse.deepsparse.bs1.fraction_of_supported_ops"] == 1.0
+    assert abs(metrics["sparse.sparsity.pruned_layers"] - 0.7) <= 0.01
+    assert metrics["sparse.size.onnx_bytes"] < metrics["dense.size.onnx_bytes"] / 3  # INT8 weights
+    assert abs(metrics["sparse.onnx.f1"] - metrics["sparse.f1"]) <= 0.1  # the ONNX file on DeepSparse agrees
+    client = MlflowClient(tracking_uri=store)
+    deployment = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "experiment/deployment")}
+    assert {"model.onnx", "recipe.yaml", "config.json", "tokenizer"} <= deployment
+    config = json.loads(Path(client.download_artifacts(parent.info.run_id,
+                                                       "experiment/deployment/config.json")).read_text())
+    version = client.get_model_version_by_alias(summary["registered_model"]["name"], "candidate")
+    assert version.tags["main_metric"] == "f1" and {"f1", "sparsity", "speedup"} <= set(version.tags)
+    return parent, children, config, deployment
+
+
+def predict_registered(store: str, name: str, seq: int) -> dict:
+    """The registered ONNX model through MLflow's pyfunc, on tokenizer-shaped arrays."""
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+    inputs = [i.name for i in model.metadata.get_input_schema().inputs]
+    assert inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    batch = {"input_ids": np.full((2, seq), 101, np.int64), "attention_mask": np.ones((2, seq), np.int64),
+             "token_type_ids": np.zeros((2, seq), np.int64)}
+    return model.predict(batch)
+
+
+@pytest.mark.e2e
+def test_ner_end_to_end_through_the_cli_on_conll(store: str, tmp_path: Path) -> None:
+    data = write_conll(tmp_path / "conll")
+    summary_path = tmp_path / "summary.json"
+    assert main(["training-aware", "--use-case", "ner", "--data", str(data), "--max-seq-length", "32",
+                 "--tracking-uri", store, "--working-dir", str(tmp_path), "--summary-json", str(summary_path),
+                 "--registered-model-name", "tiny-ner", *TINY]) == 0
+    summary = json.loads(summary_path.read_text())
+    parent, children, config, deployment = assert_common(
+        store, summary, "nlp-named_entity_recognition", "BertForTokenClassification",
+        ["f1", "precision", "recall", "token_accuracy", "f1.PER", "f1.LOC", "f1.ORG"])
+    labels = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    assert json.loads(parent.data.params["data.label_mapping"]) == {n: i for i, n in enumerate(labels)}
+    assert parent.data.params["data.layout"] == "train.conll + validation.conll"
+    assert config["labels"] == labels and config["task"] == "named-entity-recognition"
+    assert "labels.json" in deployment
+    client = MlflowClient(tracking_uri=store)
+    table = json.loads(Path(client.download_artifacts(children["sparse"].info.run_id, "per_entity.json")).read_text())
+    assert {row[0] for row in table["data"]} >= {"PER", "LOC", "ORG"}
+    out = predict_registered(store, "tiny-ner", 32)
+    assert np.asarray(out["logits"]).shape == (2, 32, len(labels))
+
+
+@pytest.mark.e2e
+def test_qa_end_to_end_through_mlflow_run_with_doc_stride(store: str, tmp_path: Path) -> None:
+    data = write_flat_qa(tmp_path / "qa.jsonl", 60)
+    summary_path = tmp_path / "summary.json"
+    params = {"use_case": "qa", "data": str(data), "epochs": "2", "batch_size": "16", "max_seq_length": "64",
+              "doc_stride": "16", "max_answer_length": "8", "benchmark_batch_size": "4",
+              "benchmark_iterations": "3", "registered_model_name": "tiny-qa", "working_dir": str(tmp_path),
+              "summary_json": str(summary_path)}
+    proc = run_project(REPO, params, store, tmp_path, "qa-mlflow-run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    parent, children, config, deployment = assert_common(
+        store, summary, "nlp-question_answering", "BertForQuestionAnswering", ["f1", "exact_match"])
+    assert parent.data.tags.get("mlflow.project.entryPoint") == "main"
+    info = parent.data.params
+    assert info["data.doc_stride"] == "16" and info["data.max_answer_length"] == "8"
+    assert info["data.format"].startswith("flat records") and int(info["data.questions_with_several_windows"]) > 0
+    assert int(info["data.val_features"]) > int(info["data.val_questions"])
+    assert config["doc_stride"] == 16 and config["max_answer_length"] == 8 and "labels.json" not in deployment
+    client = MlflowClient(tracking_uri=store)
+    table = json.loads(Path(client.download_artifacts(children["sparse"].info.run_id, "predictions.json")).read_text())
+    assert table["columns"] == ["id", "question", "prediction", "answers"] and len(table["data"]) == 12
+    assert [str(v.version) for v in registered_versions(store)] == ["1"]
+    out = predict_registered(store, "tiny-qa", 64)
+    assert np.asarray(out["start_logits"]).shape == (2, 64) and np.asarray(out["end_logits"]).shape == (2, 64)
