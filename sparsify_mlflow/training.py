@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import logging
 import math
 import os
 import random
@@ -143,8 +144,7 @@ def train(
     """
     from sparseml.pytorch.optim import ScheduledModifierManager
 
-    # sparseml writes modifier logs to ./sparse_logs unless in "test mode"; keep them in the run's logs/.
-    os.environ.update(NM_TEST_MODE="1", NM_TEST_LOG_DIR=str(log_dir))
+    _sparseml_logs_to(log_dir)
     generator = seed_everything(seed)
     workers = kwargs.num_workers if kwargs.num_workers is not None else (0 if len(data.train) < 5000 else 2)
     loader = torch.utils.data.DataLoader(
@@ -253,6 +253,19 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _sparseml_logs_to(log_dir: Path) -> None:
+    """Point sparseml's modifier log file at this run's logs/ (it defaults to ./sparse_logs).
+
+    sparseml opens that file once per process, so without dropping its handler every later
+    training in the same process (sweep levels, tests) would write into the first run's folder.
+    """
+    os.environ.update(NM_TEST_MODE="1", NM_TEST_LOG_DIR=str(log_dir))
+    logger = logging.getLogger("sparseml.pytorch.utils.logger")
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def _simulated_memory_limit(batch_size: int) -> None:

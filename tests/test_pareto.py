@@ -80,7 +80,7 @@ def test_sweep_options_are_checked_at_the_door() -> None:
     assert build_sweep_options("0.7, 0.3,0.5").levels == (0.3, 0.5, 0.7)
     opts = build_sweep_options("0,1", max_metric_drop=1.5, min_speedup=2)
     assert opts.as_params() == {"sweep.optim_levels": "0,1", "sweep.max_metric_drop": "1.5", "sweep.min_speedup": "2"}
-    for bad, message in (("", "at least one level"), ("0.3,x", "'x' is not a number"), ("0.3,1.2", "outside"),
+    for bad, message in (("", "at least one level"), ("0.3,x", "a percent 1..100, got 'x'"), ("0.3,1.2", "outside"),
                          ("0.5,0.5", "given twice")):
         with pytest.raises(ConfigError, match=message):
             build_sweep_options(bad)

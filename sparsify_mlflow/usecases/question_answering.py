@@ -88,6 +88,8 @@ def _check_room(questions: list[qa_files.Question], tokenizer: Any, max_len: int
 
 class QuestionAnswering(TransformerTask):
     default_epochs = 6
+    main_metric = "f1"  # SQuAD token F1
+    eval_metrics = {"f1": "f1", "exact_match": "exact_match"}
     default_batch_size = 32
     default_lr = 1e-4
     head = "qa_outputs"

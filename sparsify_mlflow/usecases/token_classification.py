@@ -69,6 +69,8 @@ def encode_sentences(sentences: list[token_files.Sentence], tokenizer: Any, max_
 
 class TokenClassification(TransformerTask):
     default_epochs = 6
+    main_metric = "f1"  # seqeval entity F1
+    eval_metrics = {"f1": "f1", "precision": "precision", "recall": "recall", "accuracy": "token_accuracy"}
     default_batch_size = 32
     default_lr = 1e-4
     trim_targets = ("labels",)
