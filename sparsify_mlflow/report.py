@@ -129,9 +129,11 @@ def output_console() -> Console:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], console: Console | None = None) -> None:
-    table = Table(title=title, title_justify="left")
+    console = console or output_console()
+    console.print(title, soft_wrap=True)  # a table title would wrap at the table's width
+    table = Table()
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*row)
-    (console or output_console()).print(table)
+    console.print(table)
