@@ -49,7 +49,7 @@ class ExportedModel:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     size_bytes: int  # the .onnx file plus any external-data files it references
-    gzip_size_bytes: int  # gzip -9 of the same bytes: what sparsity buys on disk
+    gzip_size_bytes: int  # gzip (level 6) of the same bytes: what sparsity buys on disk
     weight_sparsity: float  # zeros / elements over all Conv/Gemm/MatMul(-Integer) weights
     layer_sparsity: dict[str, float]  # weight initializer name -> fraction of zeros
 
@@ -217,8 +217,9 @@ class _Counter:
 
 
 def _gzip_size(files: Sequence[Path]) -> int:
+    """gzip's default level 6: level 9 took 45 s of a 173 s BERT-base INT8 export for 1% less."""
     sink = _Counter()
-    with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=9, mtime=0) as gz:  # type: ignore[arg-type]
+    with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
         for f in files:
             with open(f, "rb") as fh:
                 while chunk := fh.read(1 << 20):
