@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
-from mlflow_checks import family, registered_versions
+from mlflow_checks import family, registered_versions, run_project
 from sparsify_mlflow.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -96,13 +96,7 @@ def test_mlflow_run_entry_point(image_folder: Path, store: str, tmp_path: Path) 
               "image_size": "32", "benchmark_batch_size": "4", "benchmark_iterations": "3",
               "registered_model_name": "via-mlflow-run", "working_dir": str(tmp_path),
               "summary_json": str(summary_path)}
-    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
-               "--experiment-name", "mlflow-run-e2e"]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    env = os.environ | {"MLFLOW_TRACKING_URI": store,
-                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
+    proc = run_project(REPO, params, store, tmp_path, "mlflow-run-e2e")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
     assert_complete_experiment(store, summary, 0.5, 0.7)

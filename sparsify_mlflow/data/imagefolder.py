@@ -9,7 +9,6 @@ A class left with no readable image, or a split with fewer than two classes, fai
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,11 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from sparsify_mlflow.data.splits import stratified_split
 from sparsify_mlflow.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 VAL_SPLIT_NAMES = ("val", "validation", "test")
-VAL_FRACTION = 0.2
 
 Sample = tuple[Path, int]
 
@@ -67,7 +66,7 @@ def scan_image_folder(root: Path, seed: int) -> ImageSplits:
         all_files = _class_files(root, classes, index)
         readable, skipped = _readable(all_files)
         _require_each_class(readable, classes, root)
-        train, val = _stratified_split(readable, seed)
+        train, val = stratified_split(readable, lambda sample: sample[1], seed)
         layout = "single folder split by seed"
         files = [p for p, _ in all_files]
     if not val:
@@ -119,23 +118,6 @@ def _require_each_class(samples: list[Sample], classes: list[str], folder: Path)
     empty = [c for i, c in enumerate(classes) if i not in present]
     if empty:
         raise DataError(f"class folder(s) {', '.join(str(folder / c) for c in empty)} have no readable image")
-
-
-def _stratified_split(samples: list[Sample], seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Deterministic per-class split so every class is in both splits when it has 2+ images."""
-    rng = random.Random(seed)
-    by_class: dict[int, list[Sample]] = {}
-    for sample in samples:
-        by_class.setdefault(sample[1], []).append(sample)
-    train: list[Sample] = []
-    val: list[Sample] = []
-    for label in sorted(by_class):
-        items = by_class[label][:]
-        rng.shuffle(items)
-        n_val = max(1, round(len(items) * VAL_FRACTION)) if len(items) > 1 else 0
-        val += items[:n_val]
-        train += items[n_val:]
-    return train, val
 
 
 class ImageFileDataset:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsify_mlflow.data.text_files import Row, find_split_files, read_rows, split_by_seed
+from sparsify_mlflow.data.splits import split_by_seed
+from sparsify_mlflow.data.text_files import Row, find_split_files, read_rows
 from sparsify_mlflow.errors import DataError
 
 NESTED = "SQuAD JSON (data/paragraphs/qas)"

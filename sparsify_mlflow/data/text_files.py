@@ -15,20 +15,19 @@ import csv
 import io
 import json
 import math
-import random
 import re
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from sparsify_mlflow.data.splits import stratified_split
 from sparsify_mlflow.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 TRAIN_NAMES = ("train",)
 EVAL_NAMES = ("validation", "val", "dev", "valid", "test")  # the first one found is the eval split
-VAL_FRACTION = 0.2
 # (text, pair) column pairs tried in order when the user names no text column.
 AUTO_COLUMNS: tuple[tuple[str, str | None], ...] = (
     ("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
@@ -36,7 +35,6 @@ AUTO_COLUMNS: tuple[tuple[str, str | None], ...] = (
 )
 DEFAULT_LABEL_COLUMN = "label"
 _INT = re.compile(r"^[+-]?\d+$")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -361,44 +359,9 @@ def build_splits(train_rows: list[Row], val_rows: list[Row] | None, columns: tup
 
     train = examples(train_rows, train_labels, str(train_rows[0].path))
     if val_rows is None:
-        train, val = stratified_split(train, seed)
+        train, val = stratified_split(train, lambda ex: ex.label, seed)
     else:
         val = examples(val_rows, [_label(r, label_col) for r in val_rows], str(train_rows[0].path))
     if not val:
         raise DataError(f"{train_rows[0].path}: too few examples for a validation split")
     return TextSplits(train, val, names, text_col, pair_col, label_col, layout, files, list(notes or []))
-
-
-def stratified_split(examples: list[Example], seed: int) -> tuple[list[Example], list[Example]]:
-    """Per-class deterministic 80/20 split; a class with a single example stays in training."""
-    rng = random.Random(seed)
-    by_label: dict[int, list[Example]] = {}
-    for ex in examples:
-        by_label.setdefault(ex.label, []).append(ex)
-    train: list[Example] = []
-    val: list[Example] = []
-    for label in sorted(by_label):
-        items = by_label[label][:]
-        rng.shuffle(items)
-        n_val = max(1, round(len(items) * VAL_FRACTION)) if len(items) > 1 else 0
-        val += items[:n_val]
-        train += items[n_val:]
-    rng.shuffle(train)
-    return train, val
-
-
-def split_by_seed(items: list[T], seed: int, group: Callable[[T], Hashable] | None = None) -> tuple[list[T], list[T]]:
-    """Deterministic 80/20 (train, validation) split; items of one `group` stay on one side.
-
-    For data without a class label to stratify by (tagged sentences, questions: grouped by their
-    context so a validation question never reads a paragraph seen in training).
-    """
-    groups: dict[Hashable, list[T]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault(i if group is None else group(item), []).append(item)
-    keys = list(groups)
-    random.Random(seed).shuffle(keys)
-    n_val = max(1, round(len(keys) * VAL_FRACTION)) if len(keys) > 1 else 0
-    val = [item for key in keys[:n_val] for item in groups[key]]
-    train = [item for key in keys[n_val:] for item in groups[key]]
-    return train, val

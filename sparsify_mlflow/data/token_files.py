@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsify_mlflow.data.text_files import Row, find_split_files, read_rows, read_utf8, split_by_seed
+from sparsify_mlflow.data.splits import split_by_seed
+from sparsify_mlflow.data.text_files import Row, find_split_files, read_rows, read_utf8
 from sparsify_mlflow.errors import DataError
 
 JSON_SUFFIXES = (".jsonl", ".json")

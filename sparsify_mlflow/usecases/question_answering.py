@@ -21,7 +21,7 @@ from torch import nn
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import qa_files, text_hub
 from sparsify_mlflow.data.fingerprint import fingerprint_records
-from sparsify_mlflow.data.text_files import split_by_seed
+from sparsify_mlflow.data.splits import split_by_seed
 from sparsify_mlflow.errors import DataError
 from sparsify_mlflow.usecases import register
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
