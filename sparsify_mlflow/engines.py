@@ -29,6 +29,7 @@ __all__ = [
     "cpu_info",
     "deepsparse_status",
     "load_engine",
+    "plan_benchmarks",
     "predict_batches",
     "probe_deepsparse",
     "unsupported_op_types",
@@ -160,6 +161,31 @@ def probe_deepsparse(path: Path, batch_sizes: Sequence[int], num_cores: int | No
             failed = remaining.pop(0)
             verdicts[failed] = _crash_reason(proc.stdout + proc.stderr, proc.returncode)
     return verdicts
+
+
+def plan_benchmarks(path: Path, engines: Sequence[str], batch_sizes: Sequence[int]
+                    ) -> tuple[list[tuple[str, int]], set[int], list[str]]:
+    """(engine, batch size) pairs to measure, the batch sizes DeepSparse compiles safely, notes.
+
+    DeepSparse is used wherever it is installed, supports the CPU and compiles the file at that
+    batch size (probed in a child process); elsewhere ONNX Runtime takes over, with a note.
+    """
+    notes: list[str] = []
+    safe: set[int] = set()
+    if "deepsparse" in engines and deepsparse_status()[0]:
+        for bs, why in probe_deepsparse(path, batch_sizes).items():
+            if why is None:
+                safe.add(bs)
+            else:
+                notes.append(f"DeepSparse cannot compile {path.parent.name}/{path.name} at batch size {bs} "
+                             f"on this CPU ({why}); ONNX Runtime measured it instead")
+    plan: list[tuple[str, int]] = []
+    for engine in engines:
+        for bs in batch_sizes:
+            actual = "onnxruntime" if engine == "deepsparse" and bs not in safe else engine
+            if (actual, bs) not in plan:
+                plan.append((actual, bs))
+    return plan, safe, notes
 
 
 _DIAGNOSE_SCRIPT = """

@@ -24,8 +24,8 @@ from sparsify_mlflow.deployment import Handover, write_deployment, write_metrics
 from sparsify_mlflow.engines import (
     deepsparse_status,
     load_engine,
+    plan_benchmarks,
     predict_batches,
-    probe_deepsparse,
     unsupported_op_types,
 )
 from sparsify_mlflow.export import ExportedModel, export_onnx
@@ -364,26 +364,8 @@ def _supported_ops_warning(path: Path, role: str, benchmarks: dict[str, Benchmar
 
 def _engine_settings(path: Path, engines: tuple[str, ...], batch_sizes: tuple[int, ...]
                      ) -> tuple[list[tuple[str, int]], tuple[str, int], list[str]]:
-    """Which (engine, batch size) pairs to benchmark, which one checks the ONNX metric, and notes.
-
-    DeepSparse is used wherever it is installed, supports the CPU and compiles the file safely at
-    that batch size (probed in a child process); elsewhere ONNX Runtime takes over, with a note.
-    """
-    notes: list[str] = []
-    safe: set[int] = set()
-    if "deepsparse" in engines and deepsparse_status()[0]:
-        for bs, why in probe_deepsparse(path, batch_sizes).items():
-            if why is None:
-                safe.add(bs)
-            else:
-                notes.append(f"DeepSparse cannot compile {path.parent.name}/{path.name} at batch size {bs} "
-                             f"on this CPU ({why}); ONNX Runtime measured it instead")
-    settings: list[tuple[str, int]] = []
-    for engine in engines:
-        for bs in batch_sizes:
-            actual = "onnxruntime" if engine == "deepsparse" and bs not in safe else engine
-            if (actual, bs) not in settings:
-                settings.append((actual, bs))
+    """Which (engine, batch size) pairs to benchmark, which one checks the ONNX metric, and notes."""
+    settings, safe, notes = plan_benchmarks(path, engines, batch_sizes)
     check = ("deepsparse", max(safe)) if safe else ("onnxruntime", batch_sizes[-1])
     return settings, check, notes
 

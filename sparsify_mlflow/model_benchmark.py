@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from sparsify_mlflow import tracking
 from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
-from sparsify_mlflow.engines import cpu_info, deepsparse_status, probe_deepsparse
+from sparsify_mlflow.engines import cpu_info, deepsparse_status, plan_benchmarks
 from sparsify_mlflow.errors import ConfigError, UserError
 
 DEFAULT_EXPERIMENT = "sparsify-benchmarks"
@@ -193,28 +193,12 @@ def generate_inputs(onnx_path: Path, rows: int, seed: int = 0) -> list[np.ndarra
 
 
 def engine_plan(onnx_path: Path, engine: str, batch_sizes: tuple[int, ...]) -> tuple[list[tuple[str, int]], list[str]]:
-    """(engine, batch size) pairs to measure. DeepSparse only where it is usable and compiles the
-    file at that batch size in a child process; elsewhere ONNX Runtime takes over, with a note."""
+    """(engine, batch size) pairs to measure (see engines.plan_benchmarks), with the notes printed."""
     wanted = ("deepsparse", "onnxruntime") if engine == "both" else (engine,)
-    notes: list[str] = []
-    safe: set[int] = set()
-    if "deepsparse" in wanted:
-        usable, why = deepsparse_status()
-        if not usable:
-            notes.append(f"DeepSparse unavailable ({why}); ONNX Runtime measured instead")
-        else:
-            for bs, failure in probe_deepsparse(onnx_path, batch_sizes).items():
-                if failure is None:
-                    safe.add(bs)
-                else:
-                    notes.append(f"DeepSparse cannot compile the model at batch size {bs} ({failure}); "
-                                 f"ONNX Runtime measured it instead")
-    plan: list[tuple[str, int]] = []
-    for eng in wanted:
-        for bs in batch_sizes:
-            actual = "onnxruntime" if eng == "deepsparse" and bs not in safe else eng
-            if (actual, bs) not in plan:
-                plan.append((actual, bs))
+    plan, _, notes = plan_benchmarks(onnx_path, wanted, batch_sizes)
+    usable, why = deepsparse_status()
+    if "deepsparse" in wanted and not usable:
+        notes.insert(0, f"DeepSparse unavailable ({why}); ONNX Runtime measured instead")
     for note in notes:
         print(f"note: {note}")
     return plan, notes
