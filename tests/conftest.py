@@ -4,8 +4,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
+
+def _pin_xdist_worker() -> None:
+    """Give each xdist worker its own share of the CPUs, before numpy/torch start their threads.
+
+    Unpinned, every worker's torch and DeepSparse use all cores, so two workers on 2 cores run 4+
+    spinning threads, and torch's OpenMP regions wait for descheduled threads. Child processes
+    (`mlflow run`, the console script) inherit the mask; the engines size their pools from it.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= count:
+        os.sched_setaffinity(0, set(cpus[int(worker[2:]) % count::count]))
+
+
+_pin_xdist_worker()
+
+import numpy as np  # noqa: E402 - after the pinning, which must precede their thread pools
+import pytest  # noqa: E402
 
 os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,3 +68,23 @@ def image_folder(tmp_path: Path) -> Path:
 def store(tmp_path: Path) -> str:
     """A private sqlite MLflow store for one test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local model folder: a 2-layer, 128-wide BERT (random weights) with the packaged MiniLM's
+    tokenizer. NLP end-to-end tests that check plumbing rather than accuracy run it through the
+    same code as MiniLM (BERT family, QAT modification, distillation) in a fraction of the time."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from sparsify_mlflow.usecases.transformers_models import packaged_minilm
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(packaged_minilm()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=512)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

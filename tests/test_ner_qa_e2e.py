@@ -145,10 +145,10 @@ def test_ner_end_to_end_through_the_cli_on_conll(store: str, tmp_path: Path) -> 
 
 
 @pytest.mark.e2e
-def test_qa_end_to_end_through_mlflow_run_with_doc_stride(store: str, tmp_path: Path) -> None:
+def test_qa_end_to_end_through_mlflow_run_with_doc_stride(store: str, tmp_path: Path, tiny_bert: Path) -> None:
     data = write_flat_qa(tmp_path / "qa.jsonl", 60)
     summary_path = tmp_path / "summary.json"
-    params = {"use_case": "qa", "data": str(data), "epochs": "2", "batch_size": "16", "max_seq_length": "64",
+    params = {"use_case": "qa", "data": str(data), "model": str(tiny_bert), "epochs": "2", "batch_size": "16", "max_seq_length": "64",
               "doc_stride": "16", "max_answer_length": "8", "benchmark_batch_size": "4",
               "benchmark_iterations": "3", "registered_model_name": "tiny-qa", "working_dir": str(tmp_path),
               "summary_json": str(summary_path)}

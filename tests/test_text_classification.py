@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
-from mlflow_checks import assert_failed_cleanly, family, registered_versions
+from mlflow_checks import assert_failed_cleanly, family, registered_versions, run_project
 from sparsify_mlflow import usecases
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.config import build_config
@@ -282,22 +280,17 @@ def test_cli_end_to_end_on_jsonl(store: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_mlflow_run_on_a_csv_folder(store: str, tmp_path: Path) -> None:
-    """`mlflow run` with the MLproject's NLP parameters, integer labels in CSV, the sentiment alias."""
+def test_mlflow_run_on_a_csv_folder(store: str, tmp_path: Path, tiny_bert: Path) -> None:
+    """`mlflow run` with the MLproject's NLP parameters, integer labels in CSV, the sentiment alias,
+    a local model folder (the packaged MiniLM runs in test_cli_end_to_end_on_jsonl)."""
     data = write_csv(tmp_path / "csv")
     summary_path = tmp_path / "summary.json"
-    params = {"use_case": "sentiment-analysis", "data": str(data), "optim_level": "0.5", "epochs": "1",
+    params = {"use_case": "sentiment-analysis", "data": str(data), "model": str(tiny_bert), "optim_level": "0.5", "epochs": "1",
               "batch_size": "16", "max_seq_length": str(SEQ), "text_column": "sentence", "label_column": "label",
               "distill": "true", "distill_hardness": "0.6", "benchmark_batch_size": "4",
               "benchmark_iterations": "3", "registered_model_name": "csv-text", "working_dir": str(tmp_path),
               "summary_json": str(summary_path)}
-    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
-               "--experiment-name", "nlp-mlflow-run"]
-    for key, value in params.items():
-        command += ["-P", f"{key}={value}"]
-    env = os.environ | {"MLFLOW_TRACKING_URI": store,
-                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
+    proc = run_project(REPO, params, store, tmp_path, "nlp-mlflow-run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
     parent, children = family(store, summary["parent_run_id"])
