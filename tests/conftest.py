@@ -22,6 +22,13 @@ def _pin_xdist_worker() -> None:
 
 _pin_xdist_worker()
 
+
+def use_every_cpu() -> None:
+    """``preexec_fn`` for a child process that runs parallel work of its own (several processes,
+    sections side by side), which one pinned core would serialise."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
 import numpy as np  # noqa: E402 - after the pinning, which must precede their thread pools
 import pytest  # noqa: E402
 
