@@ -48,7 +48,9 @@ class Sweep:
     client: MlflowClient
 
 
-@pytest.fixture(scope="module")
+# Session scope, not module: xdist runs this group's tests on one worker but may interleave other
+# modules' tests, and a module fixture is torn down (and the sweep run again) at each switch.
+@pytest.fixture(scope="session")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     folder = tmp_path_factory.mktemp("sweep")
     images = make_image_folder(folder / "images")
@@ -193,7 +195,7 @@ def chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlflow_server(sweep: Sweep, tmp_path_factory: pytest.TempPathFactory):
     """`mlflow server` on a free loopback port against the sweep's store (no job runner: not needed)."""
     with socket.socket() as sock:
