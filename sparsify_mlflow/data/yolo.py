@@ -240,11 +240,11 @@ def load_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as pillow_error:
         try:
             import cv2
         except ImportError:
-            raise
+            raise pillow_error from None
         array = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if array is None:
             raise OSError(f"neither Pillow nor OpenCV can decode {path}") from None
