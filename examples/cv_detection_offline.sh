@@ -9,4 +9,4 @@ if [ ! -e "$DATA" ]; then
   python -m sparsify_mlflow.data.synthetic_yolo "$DATA" --images "${IMAGES:-160}" --size 64
 fi
 sparsify.run training-aware --use-case cv-detection --data "$DATA" --optim-level 0.5 \
-  --no-pretrained --image-size 64 --epochs 6 --batch-size 16 "$@"
+  --no-pretrained --image-size 64 --epochs 6 --batch-size 8 "$@"
