@@ -35,3 +35,23 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path: Path) -> None:
         build_dense_model("segmentation", str(tmp_path / "seg.pt"), 5, pretrained=False)
     with pytest.raises(ModelError, match="unknown model 'yolov8n' for detection"):
         build_dense_model("detection", "yolov8n", 3, pretrained=False)
+
+
+@pytest.mark.parametrize("use_case, columns", [("cv-detection", 3), ("cv-segmentation", 4)])
+def test_prediction_figures_draw_ground_truth_dense_and_sparse(tmp_path: Path, use_case: str, columns: int) -> None:
+    from sparsify_mlflow.config import ExperimentConfig
+    from sparsify_mlflow.data.synthetic_yolo import make_yolo_dataset
+    from sparsify_mlflow.training import torch_predictor
+
+    root = make_yolo_dataset(tmp_path / "ds", images=12, size=32)
+    case = resolve(use_case)
+    data = case.load_data(ExperimentConfig(use_case=use_case, data=str(root), image_size=32, model="resnet18"))
+    model, _ = case.create_model(ExperimentConfig(use_case=use_case, model="resnet18"), len(data.label_names), False)
+    predict = torch_predictor(model, torch.device("cpu"))
+    figures = case.prediction_figures({"dense": predict, "sparse": predict}, data)
+    fig = figures["figures/predictions.png"]
+    rows = min(4, len(data.val))
+    assert len(fig.axes) == rows * columns  # ground truth, dense, sparse (+ the image for segmentation)
+    assert [ax.get_title() for ax in fig.axes[:columns]][-2:] == ["dense", "sparse"]
+    metrics = case.evaluate(predict, data, batch_size=2)
+    assert 0.0 <= metrics.main <= 1.0 and metrics.tables
