@@ -51,12 +51,20 @@ def assert_experiment(store: str, summary: dict, main: str, others: tuple[str, .
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert "figures/predictions.png" in figures and "figures/sparsity_per_layer.png" in figures
     sparse = children["sparse"].info.run_id
-    rows = json.loads(Path(client.download_artifacts(sparse, f"{table}.json")).read_text())
-    assert rows and all("class" in row for row in rows)
+    rows = json.loads(Path(client.download_artifacts(sparse, f"{table}.json")).read_text())  # {columns, data}
+    assert rows["columns"][0] == "class" and len(rows["data"]) == len(json.loads(summary_labels(summary)))
     recipe = Path(client.download_artifacts(parent.info.run_id, "recipe.yaml")).read_text()
     assert "final prediction conv" in recipe  # the recipe says which layers stay dense, and why
     versions = registered_versions(store)
-    assert len(versions) == 1 and versions[0].tags["main_metric"] == main
+    assert len(versions) == 1
+    registry = MlflowClient(tracking_uri=store, registry_uri=store)
+    assert registry.get_model_version(versions[0].name, versions[0].version).tags["main_metric"] == main
+
+
+def summary_labels(summary: dict) -> str:
+    """The label names the run wrote into deployment/config.json, as JSON."""
+    config = json.loads((Path(summary["artifacts"]["deployment_dir"]) / "config.json").read_text())
+    return json.dumps(config["labels"])
 
 
 def test_detection_through_the_cli(shapes: Path, store: str, tmp_path: Path) -> None:
