@@ -195,6 +195,7 @@ def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan:
                         dense.report, sparse.report, comparison, notes)
     with stages.stage("tracking"):
         _log_figures(dense.report, sparse.report, plan, scope, use_case)
+        _log_prediction_figures(use_case, data, dense.model, sparse.model)
         deployment = write_deployment(folder, use_case, data, recipe, handover)
         write_metrics(folder, handover)
         mlflow.log_artifacts(str(folder), artifact_path="experiment")  # the folder as written, nothing else
@@ -432,6 +433,23 @@ def _log_figures(dense: ModelReport, sparse: ModelReport, plan: RecipePlan, scop
         "figures/latency.png": report.latency_figure(bars),
     }
     for path, fig in figures.items():
+        mlflow.log_figure(fig, path)
+        plt.close(fig)
+
+
+def _log_prediction_figures(use_case: UseCase, data: DataBundle, dense: nn.Module, sparse: nn.Module) -> None:
+    """Use cases with a `prediction_figures` hook (detection, segmentation) draw a few validation
+    images with the dense and the sparse model's predictions side by side."""
+    import matplotlib.pyplot as plt
+
+    draw = getattr(use_case, "prediction_figures", None)
+    if draw is None:
+        return
+    cpu = torch.device("cpu")
+    predictors = {"dense": torch_predictor(dense, cpu)}
+    if sparse is not dense:
+        predictors["sparse"] = torch_predictor(sparse, cpu)
+    for path, fig in draw(predictors, data).items():
         mlflow.log_figure(fig, path)
         plt.close(fig)
 

@@ -41,7 +41,8 @@ def assert_failed_cleanly(store: str, reason_fragment: str) -> None:
     assert registered_versions(store) == []
 
 
-def run_project(repo: Path, params: dict[str, str], store: str, cwd: Path, experiment: str) -> subprocess.CompletedProcess:
+def run_project(repo: Path, params: dict[str, str], store: str, cwd: Path, experiment: str,
+                timeout: float = 1200) -> subprocess.CompletedProcess:
     """`mlflow run <repo> --env-manager local` with the test's environment on PATH and its store."""
     command = [str(Path(sys.executable).parent / "mlflow"), "run", str(repo), "--env-manager", "local",
                "--experiment-name", experiment]
@@ -49,4 +50,4 @@ def run_project(repo: Path, params: dict[str, str], store: str, cwd: Path, exper
         command += ["-P", f"{key}={value}"]
     env = os.environ | {"MLFLOW_TRACKING_URI": store,
                         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=1200)
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)

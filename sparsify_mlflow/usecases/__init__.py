@@ -61,8 +61,10 @@ def _load_builtin() -> None:
     only that one, and the others must still load.
     """
     from sparsify_mlflow.usecases import (  # noqa: F401
+        detection,
         image_classification,
         question_answering,
+        segmentation,
         text_classification,
         token_classification,
     )
