@@ -20,7 +20,6 @@ both are listed in the run's `data/skipped.txt`. An image without a label file h
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +28,9 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from sparsify_mlflow.data.imagefolder import IMAGE_EXTENSIONS
+from sparsify_mlflow.data.splits import split_by_seed
 from sparsify_mlflow.errors import DataError
 
-VAL_FRACTION = 0.2
 TASKS = ("detection", "segmentation")
 BOX_FIELDS = ("class", "x_center", "y_center", "width", "height")
 
@@ -112,7 +111,7 @@ def scan_yolo(data: Path, task: str, seed: int) -> YoloSplits:
         parsed.append(samples)
     train, val = parsed
     if not val_dirs:
-        train, val = _split(train, seed)
+        train, val = split_by_seed(train, seed)
     if names is None:
         top = max((o.cls for s in train + val for o in s.objects), default=-1)
         names = [f"class_{i}" for i in range(top + 1)]
@@ -258,10 +257,3 @@ def _unreadable(path: Path) -> str | None:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"unreadable image ({exc})"
     return None
-
-
-def _split(samples: list[YoloSample], seed: int) -> tuple[list[YoloSample], list[YoloSample]]:
-    items = samples[:]
-    random.Random(seed).shuffle(items)
-    n_val = max(1, round(len(items) * VAL_FRACTION)) if len(items) > 1 else 0
-    return items[n_val:], items[:n_val]
