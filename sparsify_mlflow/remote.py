@@ -19,8 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sparsify_mlflow.errors import TrackingError
 
-PROBE_TIMEOUT_SECONDS = 10
-QUICK_TIMEOUT_SECONDS = 5
+# Connecting must be quick (a dead or firewalled host), answering may be slow (a busy server; the
+# basic-auth app hashes the password on every request).
+PROBE_TIMEOUT_SECONDS = (10, 120)   # (connect, read)
+QUICK_TIMEOUT_SECONDS = 30          # per-epoch metric attempts while the server may be away
 CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
@@ -138,6 +140,7 @@ class MetricBuffer:
                       "metrics are buffered and delivered when it is back", flush=True)
 
     def _deliver_quickly(self) -> bool:
+        count = len(self.pending)
         try:
             with quick_requests():
                 self._drain()
@@ -145,14 +148,19 @@ class MetricBuffer:
             if not is_unreachable(exc):
                 raise
             return False
+        self._back(count)
         return True
+
+    def _back(self, count: int) -> None:
+        print(f"Tracking server is back: delivered {count} buffered metric records.", flush=True)
+        self.warned = False
 
     def _drain(self) -> None:
         while self.pending:
             _send(self.pending[0])
             self.pending.pop(0)
 
-    def flush(self, run_id: str | None = None) -> None:
+    def flush(self) -> None:
         """Deliver everything, with MLflow's retries and backoff; if the server stays away, write the
         metrics to <spill_dir>/undelivered_metrics.jsonl and raise a TrackingError naming it."""
         if not self.pending:
@@ -166,8 +174,7 @@ class MetricBuffer:
             path = self.spill()
             raise TrackingError(f"the tracking server did not come back ({_root_cause(exc)}): {len(self.pending)} "
                                 f"metric records not delivered, kept in {path}") from None
-        print(f"Tracking server is back: delivered {count} buffered metric records.", flush=True)
-        self.warned = False
+        self._back(count)
 
     def spill(self) -> Path:
         folder = self.spill_dir or Path.cwd()

@@ -59,9 +59,11 @@ def postgres():
     """A private PostgreSQL cluster on loopback (Debian's package, apt-installed when absent)."""
     from servers import Postgres, scratch_folder
 
-    cluster = Postgres(scratch_folder("sparsify-it-pg-")).start()
-    yield cluster
-    cluster.stop()
+    cluster = Postgres(scratch_folder("sparsify-it-pg-"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -77,10 +79,12 @@ def tracking_server(backend_store_uri):
 
     from servers import MlflowServer, scratch_folder
 
-    server = MlflowServer(backend_store_uri, scratch_folder("sparsify-it-mlflow-")).start()
-    yield server
-    server.stop()
-    shutil.rmtree(server.root, ignore_errors=True)
+    server = MlflowServer(backend_store_uri, scratch_folder("sparsify-it-mlflow-"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 AUTH_ADMIN_PASSWORD = "Adm1n-S3cret-7f3c9e"  # distinctive, so a test can grep for leaks
@@ -95,8 +99,9 @@ def auth_server(postgres, backend_store_uri):
 
     root = scratch_folder("sparsify-it-auth-")
     config = auth_config(root / "config", postgres.create_database("mlflow_users"), AUTH_ADMIN_PASSWORD)
-    server = MlflowServer(backend_store_uri, root, app_name="basic-auth",
-                          env={"MLFLOW_AUTH_CONFIG_PATH": str(config)}).start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    server = MlflowServer(backend_store_uri, root, app_name="basic-auth", env={"MLFLOW_AUTH_CONFIG_PATH": str(config)})
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -119,7 +119,7 @@ class MlflowServer:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> MlflowServer:
+    def start(self, timeout: float = 600.0) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", self.backend_uri,
                    "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
