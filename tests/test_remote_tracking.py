@@ -44,6 +44,10 @@ def assert_one_error_line(err: str) -> str:
 def test_unreachable_server_fails_fast_without_credentials_in_the_message(capsys, monkeypatch, tmp_path) -> None:
     for key, value in PATIENT_RETRIES.items():
         monkeypatch.setenv(key, value)
+    import sparsify_mlflow.experiment  # noqa: F401  (time the probe, not torch's import)
+    from sparsify_mlflow import usecases
+
+    usecases.names()
     port = free_port()  # nothing listens there
     began = time.monotonic()
     code, _, err = run_cli(capsys, "training-aware", "--tracking-uri", f"http://someone:{AUTH_ADMIN_PASSWORD}@127.0.0.1:{port}",

@@ -20,7 +20,12 @@ def test_parallel_experiments_get_distinct_versions_and_one_consistent_alias(tra
         (tmp_path / who).mkdir()
         procs[who] = start_experiment(tracking_server.uri, image_folder, tmp_path / who, "--experiment-name",
                                       "concurrency", "--registered-model-name", name, "--seed", "0")
-    outputs = {who: proc.communicate(timeout=1200)[0] for who, proc in procs.items()}
+    try:
+        outputs = {who: proc.communicate(timeout=1800)[0] for who, proc in procs.items()}
+    finally:
+        for proc in procs.values():  # no experiment outlives the test
+            if proc.poll() is None:
+                proc.kill()
     for who, proc in procs.items():
         assert proc.returncode == 0, outputs[who][-3000:]
     summaries = {who: json.loads((tmp_path / who / "summary.json").read_text()) for who in procs}
