@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export NM_DISABLE_ANALYTICS := 1
 
-.PHONY: run test test-fast setup
+.PHONY: run test test-fast test-integration setup
 
 setup:
 	@scripts/setup >/dev/null
@@ -19,3 +19,7 @@ test:
 # Everything but the end-to-end runs: the quick loop while developing.
 test-fast:
 	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" python -m pytest -n 2 --dist loadgroup -m "not e2e" $(ARGS)
+
+# Only the remote-tracking tests: real PostgreSQL (apt-installed if missing) and mlflow servers.
+test-integration:
+	@VENV=$$(scripts/setup) && PATH="$$VENV/bin:$$PATH" python -m pytest -m integration $(ARGS)

@@ -256,6 +256,21 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _refused_by_server(exc: BaseException) -> str | None:
+    """One line for an MLflow server's 401/403 (credentials, permissions); None for anything else."""
+    from mlflow.exceptions import MlflowException
+
+    from sparsify_mlflow.remote import redact_uri
+
+    if not isinstance(exc, MlflowException) or exc.error_code not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return None
+    import mlflow
+
+    what = "refused the credentials" if exc.error_code == "UNAUTHENTICATED" else "denied permission"
+    return (f"MLflow tracking server {redact_uri(mlflow.get_tracking_uri())} {what} ({exc.error_code}); check "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD and the user's permissions")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a user's mistake is one line on stderr and exit code 2, never a traceback."""
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up promptly in logs and pipes
@@ -265,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
+    except Exception as exc:  # the tracking server refusing us mid-command is the user's to fix, too
+        message = _refused_by_server(exc)
+        if message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

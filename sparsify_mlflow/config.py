@@ -119,6 +119,10 @@ class ExperimentConfig:
         bare names, and MLflow refuses to change a logged param.
         """
         params = {f"config.{k}": _param_value(v) for k, v in asdict(self).items()}
+        if self.tracking_uri:  # a password in the URI never reaches the store
+            from sparsify_mlflow.remote import redact_uri
+
+            params["config.tracking_uri"] = redact_uri(self.tracking_uri)
         return params | {"config.distill": str(self.distill)}  # derived from teacher; handy to filter on
 
 

@@ -101,8 +101,9 @@ def run_training_aware(cfg: ExperimentConfig) -> ExperimentResult:
     cfg, use_case, tracking_uri, experiment_id = open_store(cfg)
     folder = _experiment_folder(cfg, use_case)
     clock = stages.start()  # stage_seconds.* metrics + timing/stages.json (benchmarks/ reads them)
-    with tracking.run(f"{use_case.name}-{Path(cfg.model).stem}-L{cfg.optim_level:g}",
-                      experiment_id=experiment_id, tags={"sparsify.use_case": use_case.name}) as parent:
+    with tracking.kept_locally(folder), tracking.run(
+            f"{use_case.name}-{Path(cfg.model).stem}-L{cfg.optim_level:g}", experiment_id=experiment_id,
+            tags={"sparsify.use_case": use_case.name}) as parent:
         tracking.log_params(cfg.as_params())
         session = prepare(cfg, use_case, experiment_id, tracking_uri)
         plan, recipe = plan_level(session, cfg)

@@ -5,6 +5,7 @@ fails after the version was created, the version is deleted again.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 CANDIDATE_ALIAS = "candidate"
@@ -94,8 +96,22 @@ def _tag_and_alias(name: str, version: str, tags: dict[str, str], description: s
             client.set_model_version_tag(name, version, key, value)
         client.update_model_version(name, version, description=description)
         if alias is not None:
-            client.set_registered_model_alias(name, alias, version)
+            _set_alias(client, name, alias, version)
     except BaseException:
         client.delete_model_version(name, version)
         raise
     return RegisteredVersion(name, version, alias, f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}")
+
+
+def _set_alias(client: MlflowClient, name: str, alias: str, version: str, attempts: int = 5) -> None:
+    """Point the alias at `version`, retrying a lost insert race: two experiments registering the same
+    name at once both try to create the alias row, and the database rejects one of them."""
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST",
+                                                             "PERMISSION_DENIED", "UNAUTHENTICATED"):
+                raise
+            time.sleep(0.2 * 2 ** attempt)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from sparsify_mlflow.remote import redact_uri
 from sparsify_mlflow.report import output_console, print_table
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def print_summary(result: ExperimentResult, console: Console | None = None) -> N
         reg = result.registered
         console.print(f"Registered [bold]{reg.name}[/] version {reg.version} as @{reg.alias} ({reg.model_uri})")
     console.print(f"Deployment folder: {result.deployment_dir}")
-    uri = result.tracking_uri
+    uri = redact_uri(result.tracking_uri)
     if uri.startswith("sqlite:"):
         console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
     else:
@@ -85,7 +86,7 @@ def summary_dict(result: ExperimentResult) -> dict[str, Any]:
     """Machine-readable result for --summary-json: ids, metrics, registry entry, artifact paths."""
     reg = result.registered
     return {
-        "tracking_uri": result.tracking_uri,
+        "tracking_uri": redact_uri(result.tracking_uri),
         "experiment_id": result.experiment_id,
         "parent_run_id": result.parent_run_id,
         "dense_run_id": result.dense.run_id,
@@ -161,7 +162,7 @@ def print_sweep_summary(result: Any, console: Console | None = None) -> None:
         console.print(f"Every finished level is a version of [bold]{result.registered_model_name}[/] "
                       f"(see the table); no alias was moved")
     console.print(f"Sweep run {result.parent_run_id}: table sweep_table.json/.csv, figure figures/pareto.png")
-    uri = result.tracking_uri
+    uri = redact_uri(result.tracking_uri)
     if uri.startswith("sqlite:"):
         console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
 
@@ -169,7 +170,7 @@ def print_sweep_summary(result: Any, console: Console | None = None) -> None:
 def sweep_summary_dict(result: Any) -> dict[str, Any]:
     chosen = result.recommended
     return {
-        "tracking_uri": result.tracking_uri,
+        "tracking_uri": redact_uri(result.tracking_uri),
         "experiment_id": result.experiment_id,
         "parent_run_id": result.parent_run_id,
         "dense_run_id": result.dense.run_id,

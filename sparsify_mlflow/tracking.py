@@ -1,6 +1,7 @@
 """Everything that talks to MLflow runs: store selection, run lifecycle, params, metrics, artifacts.
 
-Runs are never left RUNNING: a failure ends them FAILED with the reason as a tag, Ctrl-C as KILLED.
+Runs are never left RUNNING: a failure ends them FAILED with the reason as a tag, Ctrl-C as KILLED
+(unless the tracking server itself is gone; remote.py keeps metrics until it is back).
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sparsify_mlflow import remote
 from sparsify_mlflow.errors import TrackingError
 
 FAILURE_TAG = "sparsify.failure_reason"
@@ -27,13 +30,42 @@ def resolve_tracking_uri(explicit: str | None, working_dir: Path) -> str:
 
 
 def connect(tracking_uri: str) -> None:
-    """Point MLflow at the store and fail fast, in one line, if it cannot be used."""
+    """Point MLflow at the store and fail fast, in one line, if it cannot be used.
+
+    A tracking server gets one short probe without retries (MLflow's own would wait minutes), so an
+    unreachable server or wrong credentials stop the command before any run exists.
+    """
+    if remote.is_http(tracking_uri):
+        remote.probe(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         MlflowClient().search_experiments(max_results=1)
     except Exception as exc:  # network, auth and database errors all surface here
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"MLflow tracking store {tracking_uri} is unusable: {first_line}") from None
+        raise TrackingError(f"MLflow tracking store {remote.redact_uri(tracking_uri)} is unusable: "
+                            f"{first_line}") from None
+
+
+@contextmanager
+def kept_locally(folder: Path) -> Iterator[None]:
+    """If the tracking server is lost for good, say so in one line naming `folder`, which keeps the
+    checkpoints, ONNX files and logs (and undelivered metrics) of the run."""
+    remote.BUFFER.spill_dir = folder
+    try:
+        yield
+    except TrackingError as exc:
+        if remote.BUFFER.pending or "not delivered" in str(exc):
+            raise TrackingError(f"{exc}; the experiment's files are kept in {folder}") from None
+        raise
+    except Exception as exc:
+        if not remote.is_unreachable(exc):
+            raise
+        spilled = f", undelivered metrics in {remote.BUFFER.spill()}" if remote.BUFFER.pending else ""
+        raise TrackingError(f"lost the MLflow tracking server {remote.redact_uri(mlflow.get_tracking_uri())} "
+                            f"and it did not come back in time; the experiment's files (checkpoints, ONNX, "
+                            f"logs) are kept in {folder}{spilled}") from None
+    finally:
+        remote.BUFFER.pending.clear()
 
 
 def ensure_experiment(name: str, working_dir: Path) -> str:
@@ -50,7 +82,12 @@ def ensure_experiment(name: str, working_dir: Path) -> str:
     location = None
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = (working_dir / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:  # another experiment process created it just now (shared server)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 @contextmanager
@@ -65,21 +102,33 @@ def run(run_name: str, *, experiment_id: str | None = None, nested: bool = False
     active = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=nested, tags=tags)
     try:
         yield active
+        remote.BUFFER.flush()  # buffered metrics land before the run is marked FINISHED
     except KeyboardInterrupt:
         _end(active, "KILLED", "interrupted by the user")
         raise
     except BaseException as exc:
-        _end(active, "FAILED", f"{type(exc).__name__}: {exc}")
+        _end(active, "FAILED", f"{type(exc).__name__}: {exc}", gone=remote.is_unreachable(exc)
+             or (isinstance(exc, TrackingError) and bool(remote.BUFFER.pending)))
         raise
     else:
         mlflow.end_run("FINISHED")
 
 
-def _end(active: mlflow.ActiveRun, status: str, reason: str) -> None:
-    try:
-        MlflowClient().set_tag(active.info.run_id, FAILURE_TAG, reason[:5000])
-    finally:
-        mlflow.end_run(status)
+def _end(active: mlflow.ActiveRun, status: str, reason: str, gone: bool = False) -> None:
+    """Tag the reason and end the run; with the server `gone`, one quick try and no further error."""
+    if not gone:
+        try:
+            MlflowClient().set_tag(active.info.run_id, FAILURE_TAG, reason[:5000])
+        finally:
+            mlflow.end_run(status)
+        return
+    for action in (lambda: MlflowClient().set_tag(active.info.run_id, FAILURE_TAG, reason[:5000]),
+                   lambda: mlflow.end_run(status)):  # end_run forgets the run locally even if the call fails
+        try:
+            with remote.quick_requests():
+                action()
+        except Exception:
+            pass
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -87,7 +136,8 @@ def log_params(params: dict[str, Any]) -> None:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    """Log to the active run; if the tracking server is away, keep them and carry on (remote.BUFFER)."""
+    remote.BUFFER.log(mlflow.active_run().info.run_id, {k: float(v) for k, v in metrics.items()}, step)
 
 
 def log_rows(rows: list[dict[str, Any]], artifact_file: str) -> None:

@@ -95,3 +95,58 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# --- Real tracking servers for the integration tests (tests/servers.py), shared by the session ---
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster on loopback (Debian's package, apt-installed when absent)."""
+    from servers import Postgres, scratch_folder
+
+    cluster = Postgres(scratch_folder("sparsify-it-pg-"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def backend_store_uri(postgres) -> str:
+    """One migrated MLflow database; both servers use it, so the schema migrations run once."""
+    return postgres.create_database("mlflow")
+
+
+@pytest.fixture(scope="session")
+def tracking_server(backend_store_uri):
+    """`mlflow server` on PostgreSQL with proxied artifacts (--serve-artifacts)."""
+    import shutil
+
+    from servers import MlflowServer, scratch_folder
+
+    server = MlflowServer(backend_store_uri, scratch_folder("sparsify-it-mlflow-"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+AUTH_ADMIN_PASSWORD = "Adm1n-S3cret-7f3c9e"  # distinctive, so a test can grep for leaks
+
+
+@pytest.fixture(scope="session")
+def auth_server(postgres, backend_store_uri):
+    """The same store behind MLflow's basic-auth app; users live in PostgreSQL too."""
+    import shutil
+
+    from servers import MlflowServer, auth_config, scratch_folder
+
+    root = scratch_folder("sparsify-it-auth-")
+    config = auth_config(root / "config", postgres.create_database("mlflow_users"), AUTH_ADMIN_PASSWORD)
+    server = MlflowServer(backend_store_uri, root, app_name="basic-auth", env={"MLFLOW_AUTH_CONFIG_PATH": str(config)})
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""Two experiments registering versions of one model name at the same time, on PostgreSQL."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tracking_procs import start_experiment
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tracking-servers")]
+
+
+def test_parallel_experiments_get_distinct_versions_and_one_consistent_alias(tracking_server, image_folder: Path,
+                                                                            tmp_path: Path) -> None:
+    name = "concurrent-tiny"
+    procs = {}
+    for who in ("a", "b"):
+        (tmp_path / who).mkdir()
+        procs[who] = start_experiment(tracking_server.uri, image_folder, tmp_path / who, "--experiment-name",
+                                      "concurrency", "--registered-model-name", name, "--seed", "0")
+    try:
+        outputs = {who: proc.communicate(timeout=1800)[0] for who, proc in procs.items()}
+    finally:
+        for proc in procs.values():  # no experiment outlives the test
+            if proc.poll() is None:
+                proc.kill()
+    for who, proc in procs.items():
+        assert proc.returncode == 0, outputs[who][-3000:]
+    summaries = {who: json.loads((tmp_path / who / "summary.json").read_text()) for who in procs}
+
+    client = MlflowClient(tracking_uri=tracking_server.uri, registry_uri=tracking_server.uri)
+    versions = {v.version: v for v in client.search_model_versions(f"name='{name}'")}
+    assert sorted(map(str, versions)) == ["1", "2"]
+    assert sorted(s["registered_model"]["version"] for s in summaries.values()) == ["1", "2"]
+    by_parent = {v.tags["parent_run_id"]: str(v.version) for v in versions.values()}
+    assert by_parent == {s["parent_run_id"]: s["registered_model"]["version"] for s in summaries.values()}
+    for version in versions.values():  # each version is whole: tags from its own experiment, READY
+        assert version.status == "READY" and {"optim_level", "sparsity", "main_drop"} <= set(version.tags)
+
+    aliases = client.get_registered_model(name).aliases
+    assert set(aliases) == {"candidate"} and str(aliases["candidate"]) in {"1", "2"}
+    holder = client.get_model_version_by_alias(name, "candidate")
+    assert str(holder.version) == str(aliases["candidate"])
+    assert holder.aliases == ["candidate"]
+    assert [v for v in versions.values() if "candidate" in client.get_model_version(name, v.version).aliases
+            ] == [versions[holder.version]]
+    for summary in summaries.values():
+        assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
