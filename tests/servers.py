@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import use_every_cpu
+
 PG_USER = "postgres"
 PG_PASSWORD = "pg-test-secret"  # loopback only, a throw-away cluster
 # No background job runners (seven extra Python processes the tests never use); the auth app's CSRF key.
@@ -82,7 +84,7 @@ class Postgres:
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' -c fsync=off"
         subprocess.run(_as_db_owner([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
                                      "-l", str(self.root / "postgres.log"), "-w", "-t", "60", "start"]),
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, preexec_fn=use_every_cpu)
         return self
 
     def stop(self) -> None:
@@ -130,7 +132,7 @@ class MlflowServer:
         log = open(self.root / "server.log", "ab")
         env = os.environ | SERVER_ENV | self.env
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                                        env=env, start_new_session=True)
+                                        env=env, start_new_session=True, preexec_fn=use_every_cpu)
         log.close()
         while time.monotonic() - began < timeout:
             if self.process.poll() is not None:

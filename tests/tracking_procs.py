@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import use_every_cpu
 from test_remote_tracking import TINY_REMOTE
 
 
@@ -18,4 +19,4 @@ def start_experiment(uri: str, data: Path, work: Path, *args: str, env: dict[str
                "--working-dir", str(work), "--summary-json", str(work / "summary.json"), *options, *args]
     environment = os.environ | {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"} | (env or {})
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=environment, cwd=work.parent)
+                            env=environment, cwd=work.parent, preexec_fn=use_every_cpu)
