@@ -111,13 +111,23 @@ def cli() -> None:
               "windows of a long context (default: max-seq-length / 4).")
 @click.option("--max-answer-length", type=OPT_INT, default=None,
               help="Question answering: longest answer in tokens (default 30).")
+@click.option("--resume", "resume_run", default=None, metavar="RUN_ID",
+              help="Continue a stopped (killed, failed) experiment in its own MLflow runs from its last "
+                   "per-epoch checkpoint. It keeps the options it was started with: give only --tracking-uri, "
+                   "--working-dir or --summary-json beside it.")
 def training_aware(use_case: str, no_register: bool, register_value: str, pretrained_weights: str,
-                   distill_mode: str, **options: Any) -> None:
+                   distill_mode: str, resume_run: str | None, **options: Any) -> None:
     """Fine-tune a dense baseline and a pruned + INT8 model, compare them, register the sparse one."""
     from sparsify_mlflow.config import build_config
     from sparsify_mlflow.experiment import run_training_aware
     from sparsify_mlflow.summary import print_summary, write_summary_json
 
+    if resume_run:
+        result = _resume(resume_run, options)
+        print_summary(result)
+        if result.config.summary_json:
+            write_summary_json(result, result.config.summary_json)
+        return
     options["register"] = not no_register and register_value.lower() != "false"
     if options["pretrained"] is None and pretrained_weights.lower() != "auto":
         options["pretrained"] = pretrained_weights.lower() == "true"
@@ -154,6 +164,33 @@ def recipe(use_case: str, optim_level: float, epochs: int | None, model: str | N
     click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, case.pruning_scope(built), cfg.lr,
                                        distillation=distillation, args=cfg.recipe_args)), nl=False)
 
+
+
+RESUME_OPTIONS = {"tracking_uri", "working_dir", "summary_json", "resume_run"}
+
+
+def _resume(run_id: str, options: dict[str, Any]) -> Any:
+    """--resume: the stopped run's own config, found (and checked) before any run is reopened."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from sparsify_mlflow import resume, tracking
+    from sparsify_mlflow.experiment import run_training_aware
+
+    ctx = click.get_current_context()
+    given = sorted(name for name in ctx.params if name not in RESUME_OPTIONS
+                   and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE)
+    if given:
+        raise UserError(f"--resume continues a run with the options it was started with; drop "
+                        f"{', '.join('--' + n.replace('_', '-') for n in given)}")
+    working_dir = Path(options.get("working_dir") or ".").expanduser().resolve()
+    uri = tracking.resolve_tracking_uri(options.get("tracking_uri"), working_dir)
+    point = resume.find(run_id, uri, working_dir)
+    summary = options.get("summary_json")
+    cfg = replace(point.cfg, tracking_uri=uri, summary_json=Path(summary) if summary else point.cfg.summary_json)
+    done = ", ".join(f"{role} stage after epoch {c.epoch}" for role, c in point.checkpoints.items())
+    print(f"Resuming run {point.parent_run_id} ({done or 'no checkpoint yet: unfinished stages start over'}).")
+    return run_training_aware(cfg, point)
 
 
 def _apply_spellings(options: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +230,7 @@ def sweep(optim_levels: str, max_metric_drop: float | None, min_speedup: float |
 
 
 # Every training-aware option except the single level (click options, shared by name with MLproject).
-sweep.params.extend(p for p in training_aware.params if p.name != "optim_level")
+sweep.params.extend(p for p in training_aware.params if p.name not in ("optim_level", "resume_run"))
 
 
 @cli.command("promote")

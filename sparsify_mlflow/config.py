@@ -121,6 +121,18 @@ class ExperimentConfig:
         params = {f"config.{k}": _param_value(v) for k, v in asdict(self).items()}
         return params | {"config.distill": str(self.distill)}  # derived from teacher; handy to filter on
 
+    def to_json(self) -> dict[str, Any]:
+        """The resolved config as plain JSON values (kept with the run so --resume rebuilds it)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """The inverse of to_json: already validated values, so no checks beyond the types."""
+        paths = {"recipe", "summary_json", "working_dir"}
+        values = {k: Path(v) if k in paths and v is not None else v for k, v in values.items()}
+        return cls(**values | {"recipe_args": RecipeArgs(**values.get("recipe_args") or {}),
+                               "train_kwargs": TrainKwargs(**values.get("train_kwargs") or {})})
+
 
 def _param_value(value: Any) -> str:
     """'' for unset, JSON of the given entries for the mapping options, str() for the rest."""

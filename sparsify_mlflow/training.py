@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsify_mlflow import checkpoint
+from sparsify_mlflow.checkpoint import Checkpoint
 from sparsify_mlflow.config import TrainKwargs
 from sparsify_mlflow.errors import UserError
 from sparsify_mlflow.levels import PruningScope
@@ -62,6 +64,11 @@ class TrainResult:
     steps_per_epoch: int
     batch_size: int = 0                                    # the one that fitted in memory
     oom_retries: list[OomRetry] = field(default_factory=list)
+
+
+def epoch_stats_from_dict(row: dict, main_metric: str | None) -> EpochStats:
+    """An EpochStats back from its asdict() form (history.json, checkpoints)."""
+    return EpochStats(**(row | {"val": Metrics(**row["val"]).with_main(main_metric)}))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -134,6 +141,9 @@ def train(
     teacher: nn.Module | None = None,
     main_metric: str | None = None,
     kwargs: TrainKwargs = TrainKwargs(),
+    checkpoint_path: Path | None = None,
+    resume_from: Checkpoint | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place under `recipe` (its epoch range sets the length) and finalize it.
 
@@ -141,6 +151,8 @@ def train(
     `manager.loss_update` with the student's outputs and inputs (the use case's
     `distillation_step`), and sparseml mixes in the teacher's soft targets. `main_metric`
     (--eval-metric) names the validation figure shown per epoch; `kwargs` are --train-kwargs.
+    With `checkpoint_path`, every epoch ends with a checkpoint there (then `on_checkpoint(path)`);
+    `resume_from` continues a stage from one: sparseml's schedule restarts at its epoch.
     """
     from sparseml.pytorch.optim import ScheduledModifierManager
 
@@ -155,13 +167,18 @@ def train(
     manager = ScheduledModifierManager.from_yaml(recipe)
     epochs = max(1, math.ceil(manager.max_epochs))
     distill = teacher is not None and bool(manager.distillation_modifiers)
-    optimizer = apply_train_kwargs(use_case.make_optimizer(model, lr), kwargs)
-    optimizer = manager.modify(model, optimizer, steps_per_epoch=len(loader),
+    raw_optimizer = apply_train_kwargs(use_case.make_optimizer(model, lr), kwargs)
+    start_epoch = resume_from.epoch if resume_from is not None else 0
+    optimizer = manager.modify(model, raw_optimizer, steps_per_epoch=len(loader), epoch=float(start_epoch),
                                **({"distillation_teacher": teacher} if distill else {}))
-    _simulated_memory_limit(batch_size)
     history: list[EpochStats] = []
+    if resume_from is not None:
+        checkpoint.restore(resume_from, model=model, optimizer=raw_optimizer, manager=manager, generator=generator)
+        history = [epoch_stats_from_dict(row, main_metric) for row in resume_from.history]
+        tqdm.write(f"  {desc}: resuming after epoch {start_epoch}/{epochs} from the checkpoint")
+    _simulated_memory_limit(batch_size)
     start = time.perf_counter()
-    for epoch in range(epochs):
+    for epoch in range(start_epoch, epochs):
         epoch_start = time.perf_counter()
         model.train()
         losses = []
@@ -195,6 +212,11 @@ def train(
         )
         if on_epoch is not None:
             on_epoch(stats)
+        if checkpoint_path is not None:
+            checkpoint.save(checkpoint_path, epoch=epoch + 1, batch_size=batch_size, model=model,
+                            optimizer=raw_optimizer, manager=manager, generator=generator, history=history)
+            if on_checkpoint is not None:
+                on_checkpoint(checkpoint_path)
     manager.finalize(model)
     model.eval()
     if teacher is not None:
