@@ -40,10 +40,12 @@ class Checkpoint:
     manager: dict[str, Any]
     rng: dict[str, Any]
     history: list[dict[str, Any]]       # EpochStats as dicts
+    source: Path | None = None          # the file it was read from (not saved)
 
     def to_file(self, path: Path) -> None:
         """Write next to `path`, then rename over it: a kill mid-write leaves the previous one intact."""
         payload = asdict(self) | {"format": FORMAT_VERSION, "history": json.dumps(self.history, default=str)}
+        payload.pop("source")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
@@ -71,7 +73,7 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {path} has format {payload['format']}, this version reads {FORMAT_VERSION}")
         return cls(epoch=int(payload["epoch"]), batch_size=int(payload["batch_size"]), model=payload["model"],
                    optimizer=payload["optimizer"], manager=payload["manager"], rng=payload["rng"],
-                   history=json.loads(payload["history"]))
+                   history=json.loads(payload["history"]), source=path)
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:

@@ -111,17 +111,30 @@ def cli() -> None:
               "windows of a long context (default: max-seq-length / 4).")
 @click.option("--max-answer-length", type=OPT_INT, default=None,
               help="Question answering: longest answer in tokens (default 30).")
+@click.option("--nproc-per-node", type=OPT_INT, default=None,
+              help="Train with DistributedDataParallel in this many processes on this machine (gloo on CPU, "
+                   "NCCL on GPU), relaunched through torchrun; rank 0 alone logs, exports and registers.")
 @click.option("--resume", "resume_run", default=None, metavar="RUN_ID",
               help="Continue a stopped (killed, failed) experiment in its own MLflow runs from its last "
                    "per-epoch checkpoint. It keeps the options it was started with: give only --tracking-uri, "
                    "--working-dir or --summary-json beside it.")
 def training_aware(use_case: str, no_register: bool, register_value: str, pretrained_weights: str,
-                   distill_mode: str, resume_run: str | None, **options: Any) -> None:
+                   distill_mode: str, resume_run: str | None, nproc_per_node: int | None, **options: Any) -> None:
     """Fine-tune a dense baseline and a pruned + INT8 model, compare them, register the sparse one."""
     from sparsify_mlflow.config import build_config
     from sparsify_mlflow.experiment import run_training_aware
     from sparsify_mlflow.summary import print_summary, write_summary_json
 
+    if nproc_per_node is not None and nproc_per_node < 1:
+        raise UserError(f"--nproc-per-node must be a positive integer, got {nproc_per_node}")
+    if (nproc_per_node or 1) > 1 and "WORLD_SIZE" not in os.environ:
+        if not resume_run:  # bad options fail here, once, before any process starts
+            _check_distributable(build_config(use_case, **_apply_spellings(dict(
+                options, no_register=no_register, register_value=register_value,
+                pretrained_weights=pretrained_weights, distill_mode=distill_mode))))
+        from sparsify_mlflow import distributed
+
+        raise click.exceptions.Exit(distributed.launch(nproc_per_node, _without_nproc(_ARGV)))
     if resume_run:
         result = _resume(resume_run, options)
         print_summary(result)
@@ -134,6 +147,8 @@ def training_aware(use_case: str, no_register: bool, register_value: str, pretra
     if options["distill"] is None and distill_mode.lower() != "auto":
         options["distill"] = distill_mode.lower() == "true"
     cfg = build_config(use_case, **options)
+    if "WORLD_SIZE" in os.environ:
+        _check_distributable(cfg)
     result = run_training_aware(cfg)
     print_summary(result)
     if cfg.summary_json:
@@ -166,7 +181,27 @@ def recipe(use_case: str, optim_level: float, epochs: int | None, model: str | N
 
 
 
-RESUME_OPTIONS = {"tracking_uri", "working_dir", "summary_json", "resume_run"}
+RESUME_OPTIONS = {"tracking_uri", "working_dir", "summary_json", "resume_run", "nproc_per_node"}
+_ARGV: list[str] = []  # this process's arguments, for --nproc-per-node's relaunch
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            out.append(arg)
+    return out
+
+
+def _check_distributable(cfg: Any) -> None:
+    """What distributed training does not cover yet, said before any process starts."""
+    if cfg.teacher not in (None, "off"):
+        raise UserError(f"--nproc-per-node does not combine with distillation yet (--teacher {cfg.teacher}); "
+                        f"use --teacher off or one process")
 
 
 def _resume(run_id: str, options: dict[str, Any]) -> Any:
@@ -230,7 +265,8 @@ def sweep(optim_levels: str, max_metric_drop: float | None, min_speedup: float |
 
 
 # Every training-aware option except the single level (click options, shared by name with MLproject).
-sweep.params.extend(p for p in training_aware.params if p.name not in ("optim_level", "resume_run"))
+sweep.params.extend(p for p in training_aware.params
+                    if p.name not in ("optim_level", "resume_run", "nproc_per_node"))
 
 
 @cli.command("promote")
@@ -297,8 +333,27 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a user's mistake is one line on stderr and exit code 2, never a traceback."""
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up promptly in logs and pipes
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the MLflow runs KILLED, not RUNNING forever
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
+    ctx = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: join the process group
+        from sparsify_mlflow import distributed
+
+        ctx = distributed.init_from_env()
+        if not ctx.leader:
+            return distributed.serve(ctx)
+    code = 1
     try:
-        cli.main(args=argv, prog_name="sparsify.run", standalone_mode=False)
+        code = _run(argv)
+    finally:
+        if ctx is not None:
+            distributed.shutdown()
+            distributed.record_exit(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        code = cli.main(args=argv, prog_name="sparsify.run", standalone_mode=False)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
@@ -308,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

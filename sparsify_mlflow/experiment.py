@@ -17,7 +17,7 @@ import mlflow
 import torch
 from torch import nn
 
-from sparsify_mlflow import report, stages, tracking, usecases
+from sparsify_mlflow import distributed, report, stages, tracking, usecases
 from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
 from sparsify_mlflow.checkpoint import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
 from sparsify_mlflow.checkpoint import CHECKPOINT_NAME, Checkpoint
@@ -307,14 +307,29 @@ def _train(cfg: ExperimentConfig, model: nn.Module, use_case: UseCase, data: Dat
     """
     if resume_from is not None:
         mlflow.set_tag(RESUMED_TAG, str(resume_from.epoch))
+    ctx = distributed.current()
+    if ctx is not None:  # the workers train the same stage beside us
+        batch = resume_from.batch_size if resume_from else cfg.batch_size
+        distributed.send(distributed.Job(cfg, recipe, batch, cfg.lr, cfg.seed, role, cfg.eval_metric, cfg.train_kwargs,
+                                         str(resume_from.source) if resume_from and resume_from.source else None))
+        mlflow.set_tags({"sparsify.ddp.world_size": str(ctx.world_size), "sparsify.ddp.backend": dist_backend()})
     model, result = train_stepping_down(
         model, use_case, data, recipe, scope, batch_size=resume_from.batch_size if resume_from else cfg.batch_size,
         lr=cfg.lr, seed=cfg.seed, device=device,
         desc=role, on_epoch=_log_epoch, log_dir=folder / "logs", teacher=teacher, main_metric=cfg.eval_metric,
         kwargs=cfg.train_kwargs, on_retry=_log_oom_retry, resume_from=resume_from,
         checkpoint_path=folder / "training_artifacts" / role / CHECKPOINT_NAME, on_checkpoint=_log_checkpoint)
+    # Done: the run keeps the logged copy (what --resume falls back to); the folder, logged whole
+    # to the parent as experiment/, should not carry a second one.
+    (folder / "training_artifacts" / role / CHECKPOINT_NAME).unlink(missing_ok=True)
     tracking.log_params({"train.batch_size": result.batch_size, "train.oom_retries": len(result.oom_retries)})
     return model, result
+
+
+def dist_backend() -> str:
+    import torch.distributed as dist
+
+    return str(dist.get_backend())
 
 
 def _log_checkpoint(path: Path) -> None:
@@ -459,6 +474,7 @@ def _history_from_json(text: str, main_metric: str | None) -> list[EpochStats]:
 
 def _log_epoch(stats: EpochStats) -> None:
     tracking.log_metrics({"train.loss": stats.train_loss, "lr": stats.lr, "sparsity.overall": stats.sparsity,
+                          "train.step_seconds": stats.step_seconds,
                           **{f"val.{k}": v for k, v in stats.val.values.items()}}, step=stats.epoch)
 
 

@@ -3,6 +3,7 @@ from its checkpoint ends bit-identical to the same stage run straight through (r
 recipe: GMP pruning, then QAT; CPU, one data-loader process, so training is deterministic)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,6 @@ def setting(tmp_path_factory: pytest.TempPathFactory):
 
 def run(setting, tmp_path: Path, stop_after: int | None = None, resume: Checkpoint | None = None):
     case, data, model, scope, recipe = setting
-    import copy
     model = copy.deepcopy(model)
 
     def maybe_stop(path: Path) -> None:
@@ -50,9 +50,14 @@ def run(setting, tmp_path: Path, stop_after: int | None = None, resume: Checkpoi
     return model, result
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(setting, tmp_path_factory: pytest.TempPathFactory):
+    return run(setting, tmp_path_factory.mktemp("straight"))
+
+
 @pytest.mark.parametrize("stop_after", [1, 3], ids=["during-pruning", "during-qat"])
-def test_resumed_stage_matches_an_uninterrupted_one(setting, tmp_path: Path, stop_after: int) -> None:
-    straight, straight_result = run(setting, tmp_path / "straight")
+def test_resumed_stage_matches_an_uninterrupted_one(setting, uninterrupted, tmp_path: Path, stop_after: int) -> None:
+    straight, straight_result = uninterrupted
     with pytest.raises(Stop):
         run(setting, tmp_path / "killed", stop_after=stop_after)
     ckpt = Checkpoint.from_file(tmp_path / "killed" / "checkpoint.pt")
