@@ -115,6 +115,18 @@ def save(path: Path, *, epoch: int, batch_size: int, model: torch.nn.Module, opt
                history=[asdict(h) for h in history]).to_file(path)
 
 
+def restore_weights_early(ckpt: Checkpoint, model: torch.nn.Module) -> bool:
+    """Before sparseml applies the recipe: load the weights if they still fit the plain model.
+
+    They do when QAT had not started by the checkpoint; sparseml then starts it (if due at this
+    epoch) from the trained weights, as the uninterrupted run did. Returns whether they loaded.
+    """
+    if set(ckpt.model) != set(model.state_dict()):
+        return False  # QAT modules in the checkpoint: load after sparseml rebuilt them
+    model.load_state_dict(ckpt.model)
+    return True
+
+
 def restore(ckpt: Checkpoint, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, manager: Any,
             generator: torch.Generator) -> None:
     """Load a checkpoint into a stage whose manager was already applied at `ckpt.epoch`.

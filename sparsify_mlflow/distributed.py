@@ -146,6 +146,7 @@ def serve(ctx: Context) -> int:
     from sparsify_mlflow.training import train
 
     built: tuple[Any, Any, nn.Module, Any] | None = None
+    logs = tempfile.TemporaryDirectory(prefix="sparsify-rank-")  # sparseml's modifier log (the leader keeps the real one)
     try:
         while (job := receive()) is not None:
             if built is None:  # after the leader loaded the data (it may write a cache folder)
@@ -157,10 +158,11 @@ def serve(ctx: Context) -> int:
             resume = Checkpoint.from_file(Path(job.resume_path)) if job.resume_path else None
             torch.manual_seed(job.seed)  # as the leader's use case did before building its model
             train(copy.deepcopy(model), case, data, job.recipe, scope, batch_size=job.batch_size, lr=job.lr,
-                  seed=job.seed, device=ctx.device, desc=f"{job.desc} rank {ctx.rank}", log_dir=Path(tempfile.gettempdir()),
+                  seed=job.seed, device=ctx.device, desc=f"{job.desc} rank {ctx.rank}", log_dir=Path(logs.name),
                   main_metric=job.main_metric, kwargs=job.kwargs, resume_from=resume)
     finally:
         dist.destroy_process_group()
+        logs.cleanup()
     return 0
 
 
@@ -181,9 +183,10 @@ def rewrap_if_changed(ddp: nn.parallel.DistributedDataParallel, ctx: Context) ->
     """sparseml's QAT start fuses modules and adds fake-quant buffers inside the wrapped model; DDP
     only reduces the parameters (and broadcasts the buffers) it saw when built, so build it again.
     Every rank reaches the same step of the same recipe, so all of them rebuild together."""
-    if _tensor_ids(ddp.module) == ddp._sparsify_tensors:  # type: ignore[attr-defined]
-        return ddp
-    return wrap(ddp.module, ctx)
+    changed = torch.tensor([float(_tensor_ids(ddp.module) != ddp._sparsify_tensors)],  # type: ignore[attr-defined]
+                           device=ctx.device)
+    dist.all_reduce(changed, op=dist.ReduceOp.MAX)  # all ranks rebuild, or none: a lone rebuild hangs
+    return wrap(ddp.module, ctx) if changed.item() > 0 else ddp
 
 
 def _tensor_ids(model: nn.Module) -> set[int]:

@@ -160,13 +160,14 @@ def train(
     ctx = distributed.current()  # under torchrun: this rank's share of each batch, same recipe
     leader = ctx is None or ctx.leader
     device = ctx.device if ctx is not None else device
-    if leader:
-        _sparseml_logs_to(log_dir)
+    _sparseml_logs_to(log_dir)
     generator = seed_everything(seed)
     loader, sampler = _loader(data, batch_size, generator, kwargs, ctx)
     model.to(device)
     if ctx is not None:
         distributed.sync_from_leader(model)
+    if resume_from is not None:
+        checkpoint.restore_weights_early(resume_from, model)
     manager = ScheduledModifierManager.from_yaml(recipe)
     epochs = max(1, math.ceil(manager.max_epochs))
     distill = teacher is not None and bool(manager.distillation_modifiers)

@@ -16,7 +16,8 @@ from sparsify_mlflow.config import build_config
 from sparsify_mlflow.levels import plan_recipe, recipe_yaml
 from sparsify_mlflow.training import scope_sparsity, train
 
-EPOCHS = 4  # recipe at level 0.5: pruning 0 -> 1.33, QAT from 2.67
+EPOCHS = 4  # recipe at level 0.5: pruning 0 -> 1.33, QAT from 2.67, BN frozen at 3.33
+BATCH = 6   # 24 training images: 4 steps per epoch, so QAT starts inside epoch 3 (at 2.75), not on its edge
 
 
 class Stop(Exception):
@@ -26,10 +27,10 @@ class Stop(Exception):
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("ckpt")
-    cfg = build_config("cv-classification", data=str(make_image_folder(root / "d", per_class=12)), model="resnet18",
+    cfg = build_config("cv-classification", data=str(make_image_folder(root / "d", per_class=16)), model="resnet18",
                        pretrained=False, image_size=16, working_dir=str(root))
     case = usecases.resolve(cfg.use_case)
-    cfg = cfg.with_defaults(model=case.default_model, epochs=EPOCHS, batch_size=8, lr=0.05)
+    cfg = cfg.with_defaults(model=case.default_model, epochs=EPOCHS, batch_size=BATCH, lr=0.05)
     data = case.load_data(cfg)
     model = case.build_model(cfg, data)
     scope = case.pruning_scope(model)
@@ -44,7 +45,7 @@ def run(setting, tmp_path: Path, stop_after: int | None = None, resume: Checkpoi
         if stop_after is not None and Checkpoint.from_file(path).epoch == stop_after:
             raise Stop
 
-    result = train(model, case, data, recipe, scope, batch_size=8, lr=0.05, seed=0, device=torch.device("cpu"),
+    result = train(model, case, data, recipe, scope, batch_size=BATCH, lr=0.05, seed=0, device=torch.device("cpu"),
                    desc="t", log_dir=tmp_path / "logs", checkpoint_path=tmp_path / "checkpoint.pt",
                    resume_from=resume, on_checkpoint=maybe_stop)
     return model, result

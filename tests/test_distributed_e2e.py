@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,18 @@ TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", "3", "--batch-size
         "--benchmark-batch-size", "2", "--benchmark-iterations", "3", "--deploy-engine", "onnxruntime"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sparsify_mlflow", "training-aware", *args], capture_output=True,
-                          text=True, timeout=1200, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+def cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """The CLI in its own process group, so that a hang is killed with torchrun and both ranks."""
+    command = [sys.executable, "-m", "sparsify_mlflow", "training-aware", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout}s: {out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def test_two_processes_train_one_experiment(store: str, tmp_path: Path) -> None:
