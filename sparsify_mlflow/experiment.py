@@ -242,10 +242,9 @@ def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
         tracking.log_params(plan.summary() | {"baseline_key": key})
         own = status == "FINISHED"  # resumed after the baseline finished: its own logged model
         cached = run_id if own else tracking.find_finished_run(experiment_id, BASELINE_KEY_TAG, key)
-        if own:
-            print(f"Resuming: the dense baseline of run {run_id} is complete; reusing it.")
-        elif cached:
-            print(f"Reusing the dense baseline trained in run {cached} (same model, data, epochs, seed).")
+        if cached:
+            print(f"Resuming: the dense baseline of run {run_id} is complete; reusing it." if own else
+                  f"Reusing the dense baseline trained in run {cached} (same model, data, epochs, seed).")
             state = torch.load(tracking.download(cached, "checkpoint/model.pt", work), map_location="cpu",
                                weights_only=True)
             model.load_state_dict(state)
