@@ -121,6 +121,8 @@ def cli() -> None:
 def training_aware(use_case: str, no_register: bool, register_value: str, pretrained_weights: str,
                    distill_mode: str, resume_run: str | None, nproc_per_node: int | None, **options: Any) -> None:
     """Fine-tune a dense baseline and a pruned + INT8 model, compare them, register the sparse one."""
+    if resume_run:
+        _only_resume_options()  # before the heavy imports: a wrong call fails at once
     from sparsify_mlflow.config import build_config
     from sparsify_mlflow.experiment import run_training_aware
     from sparsify_mlflow.summary import print_summary, write_summary_json
@@ -204,6 +206,16 @@ def _check_distributable(cfg: Any) -> None:
                         f"use --teacher off or one process")
 
 
+def _only_resume_options() -> None:
+    """--resume takes the run's own options: any other option given is a mistake, said in one line."""
+    ctx = click.get_current_context()
+    given = sorted(name for name in ctx.params if name not in RESUME_OPTIONS
+                   and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE)
+    if given:
+        raise UserError(f"--resume continues a run with the options it was started with; drop "
+                        f"{', '.join('--' + n.replace('_', '-') for n in given)}")
+
+
 def _resume(run_id: str, options: dict[str, Any]) -> Any:
     """--resume: the stopped run's own config, found (and checked) before any run is reopened."""
     from dataclasses import replace
@@ -212,12 +224,6 @@ def _resume(run_id: str, options: dict[str, Any]) -> Any:
     from sparsify_mlflow import resume, tracking
     from sparsify_mlflow.experiment import run_training_aware
 
-    ctx = click.get_current_context()
-    given = sorted(name for name in ctx.params if name not in RESUME_OPTIONS
-                   and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE)
-    if given:
-        raise UserError(f"--resume continues a run with the options it was started with; drop "
-                        f"{', '.join('--' + n.replace('_', '-') for n in given)}")
     working_dir = Path(options.get("working_dir") or ".").expanduser().resolve()
     uri = tracking.resolve_tracking_uri(options.get("tracking_uri"), working_dir)
     point = resume.find(run_id, uri, working_dir)
