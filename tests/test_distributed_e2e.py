@@ -20,7 +20,7 @@ from mlflow_checks import assert_failed_cleanly, family, registered_versions, ru
 
 pytestmark = pytest.mark.e2e
 
-TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", "3", "--batch-size", "4", "--image-size", "16",
+TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--image-size", "16",
         "--benchmark-batch-size", "2", "--benchmark-iterations", "3", "--deploy-engine", "onnxruntime"]
 
 
@@ -52,7 +52,7 @@ def test_two_processes_train_one_experiment(store: str, tmp_path: Path) -> None:
     for child in children.values():
         assert child.info.status == "FINISHED"
         assert child.data.tags["sparsify.ddp.world_size"] == "2" and child.data.tags["sparsify.ddp.backend"] == "gloo"
-        assert child.data.params["train.batch_size"] == "4"  # the global batch: 2 per rank
+        assert child.data.params["train.batch_size"] == "8"  # the global batch: 4 per rank
     assert abs(parent.data.metrics["sparse.sparsity.pruned_layers"] - 0.7) <= 0.01
     assert abs(parent.data.metrics["sparse.sparsity.exported"] - 0.7) <= 0.02
     steps = MlflowClient(tracking_uri=store).get_metric_history(children["sparse"].info.run_id, "train.step_seconds")
