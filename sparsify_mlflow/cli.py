@@ -111,19 +111,46 @@ def cli() -> None:
               "windows of a long context (default: max-seq-length / 4).")
 @click.option("--max-answer-length", type=OPT_INT, default=None,
               help="Question answering: longest answer in tokens (default 30).")
+@click.option("--nproc-per-node", type=OPT_INT, default=None,
+              help="Train with DistributedDataParallel in this many processes on this machine (gloo on CPU, "
+                   "NCCL on GPU), relaunched through torchrun; rank 0 alone logs, exports and registers.")
+@click.option("--resume", "resume_run", default=None, metavar="RUN_ID",
+              help="Continue a stopped (killed, failed) experiment in its own MLflow runs from its last "
+                   "per-epoch checkpoint. It keeps the options it was started with: give only --tracking-uri, "
+                   "--working-dir or --summary-json beside it.")
 def training_aware(use_case: str, no_register: bool, register_value: str, pretrained_weights: str,
-                   distill_mode: str, **options: Any) -> None:
+                   distill_mode: str, resume_run: str | None, nproc_per_node: int | None, **options: Any) -> None:
     """Fine-tune a dense baseline and a pruned + INT8 model, compare them, register the sparse one."""
+    if resume_run:
+        _only_resume_options()  # before the heavy imports: a wrong call fails at once
     from sparsify_mlflow.config import build_config
     from sparsify_mlflow.experiment import run_training_aware
     from sparsify_mlflow.summary import print_summary, write_summary_json
 
+    if nproc_per_node is not None and nproc_per_node < 1:
+        raise UserError(f"--nproc-per-node must be a positive integer, got {nproc_per_node}")
+    if (nproc_per_node or 1) > 1 and "WORLD_SIZE" not in os.environ:
+        if not resume_run:  # bad options fail here, once, before any process starts
+            _check_distributable(build_config(use_case, **_apply_spellings(dict(
+                options, no_register=no_register, register_value=register_value,
+                pretrained_weights=pretrained_weights, distill_mode=distill_mode))))
+        from sparsify_mlflow import distributed
+
+        raise click.exceptions.Exit(distributed.launch(nproc_per_node, _without_nproc(_ARGV)))
+    if resume_run:
+        result = _resume(resume_run, options)
+        print_summary(result)
+        if result.config.summary_json:
+            write_summary_json(result, result.config.summary_json)
+        return
     options["register"] = not no_register and register_value.lower() != "false"
     if options["pretrained"] is None and pretrained_weights.lower() != "auto":
         options["pretrained"] = pretrained_weights.lower() == "true"
     if options["distill"] is None and distill_mode.lower() != "auto":
         options["distill"] = distill_mode.lower() == "true"
     cfg = build_config(use_case, **options)
+    if "WORLD_SIZE" in os.environ:
+        _check_distributable(cfg)
     result = run_training_aware(cfg)
     print_summary(result)
     if cfg.summary_json:
@@ -154,6 +181,57 @@ def recipe(use_case: str, optim_level: float, epochs: int | None, model: str | N
     click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, case.pruning_scope(built), cfg.lr,
                                        distillation=distillation, args=cfg.recipe_args)), nl=False)
 
+
+
+RESUME_OPTIONS = {"tracking_uri", "working_dir", "summary_json", "resume_run", "nproc_per_node"}
+_ARGV: list[str] = []  # this process's arguments, for --nproc-per-node's relaunch
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            out.append(arg)
+    return out
+
+
+def _check_distributable(cfg: Any) -> None:
+    """What distributed training does not cover yet, said before any process starts."""
+    if cfg.teacher not in (None, "off"):
+        raise UserError(f"--nproc-per-node does not combine with distillation yet (--teacher {cfg.teacher}); "
+                        f"use --teacher off or one process")
+
+
+def _only_resume_options() -> None:
+    """--resume takes the run's own options: any other option given is a mistake, said in one line."""
+    ctx = click.get_current_context()
+    given = sorted(name for name in ctx.params if name not in RESUME_OPTIONS
+                   and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE)
+    if given:
+        raise UserError(f"--resume continues a run with the options it was started with; drop "
+                        f"{', '.join('--' + n.replace('_', '-') for n in given)}")
+
+
+def _resume(run_id: str, options: dict[str, Any]) -> Any:
+    """--resume: the stopped run's own config, found (and checked) before any run is reopened."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from sparsify_mlflow import resume, tracking
+    from sparsify_mlflow.experiment import run_training_aware
+
+    working_dir = Path(options.get("working_dir") or ".").expanduser().resolve()
+    uri = tracking.resolve_tracking_uri(options.get("tracking_uri"), working_dir)
+    point = resume.find(run_id, uri, working_dir)
+    summary = options.get("summary_json")
+    cfg = replace(point.cfg, tracking_uri=uri, summary_json=Path(summary) if summary else point.cfg.summary_json)
+    done = ", ".join(f"{role} stage after epoch {c.epoch}" for role, c in point.checkpoints.items())
+    print(f"Resuming run {point.parent_run_id} ({done or 'no checkpoint yet: unfinished stages start over'}).")
+    return run_training_aware(cfg, point)
 
 
 def _apply_spellings(options: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +271,8 @@ def sweep(optim_levels: str, max_metric_drop: float | None, min_speedup: float |
 
 
 # Every training-aware option except the single level (click options, shared by name with MLproject).
-sweep.params.extend(p for p in training_aware.params if p.name != "optim_level")
+sweep.params.extend(p for p in training_aware.params
+                    if p.name not in ("optim_level", "resume_run", "nproc_per_node"))
 
 
 @cli.command("promote")
@@ -275,8 +354,27 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a user's mistake is one line on stderr and exit code 2, never a traceback."""
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up promptly in logs and pipes
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the MLflow runs KILLED, not RUNNING forever
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
+    ctx = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: join the process group
+        from sparsify_mlflow import distributed
+
+        ctx = distributed.init_from_env()
+        if not ctx.leader:
+            return distributed.serve(ctx)
+    code = 1
     try:
-        cli.main(args=argv, prog_name="sparsify.run", standalone_mode=False)
+        code = _run(argv)
+    finally:
+        if ctx is not None:
+            distributed.shutdown()
+            distributed.record_exit(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        code = cli.main(args=argv, prog_name="sparsify.run", standalone_mode=False)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
@@ -292,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -125,6 +125,22 @@ class ExperimentConfig:
             params["config.tracking_uri"] = redact_uri(self.tracking_uri)
         return params | {"config.distill": str(self.distill)}  # derived from teacher; handy to filter on
 
+    def to_json(self) -> dict[str, Any]:
+        """The resolved config as plain JSON values (kept with the run so --resume rebuilds it; the
+        tracking URI without any password in it: --resume connects with the URI it is given)."""
+        from sparsify_mlflow.remote import redact_uri
+
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        return values | {"tracking_uri": redact_uri(self.tracking_uri) if self.tracking_uri else self.tracking_uri}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """The inverse of to_json: already validated values, so no checks beyond the types."""
+        paths = {"recipe", "summary_json", "working_dir"}
+        values = {k: Path(v) if k in paths and v is not None else v for k, v in values.items()}
+        return cls(**values | {"recipe_args": RecipeArgs(**values.get("recipe_args") or {}),
+                               "train_kwargs": TrainKwargs(**values.get("train_kwargs") or {})})
+
 
 def _param_value(value: Any) -> str:
     """'' for unset, JSON of the given entries for the mapping options, str() for the rest."""

@@ -17,8 +17,10 @@ import mlflow
 import torch
 from torch import nn
 
-from sparsify_mlflow import report, stages, tracking, usecases
+from sparsify_mlflow import distributed, report, stages, tracking, usecases
 from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
+from sparsify_mlflow.checkpoint import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
+from sparsify_mlflow.checkpoint import CHECKPOINT_NAME, Checkpoint
 from sparsify_mlflow.config import TEACHER_SELF, ExperimentConfig
 from sparsify_mlflow.deployment import Handover, write_deployment, write_metrics
 from sparsify_mlflow.engines import (
@@ -30,11 +32,13 @@ from sparsify_mlflow.engines import (
 )
 from sparsify_mlflow.export import ExportedModel, export_onnx
 from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
+from sparsify_mlflow.resume import CONFIG_ARTIFACT, FOLDER_TAG, RESUMED_TAG, ResumePoint, mark_alive
 from sparsify_mlflow.registry import CANDIDATE_ALIAS, RegisteredVersion, register_onnx, register_pyfunc
 from sparsify_mlflow.training import (
     EpochStats,
     OomRetry,
     TrainResult,
+    epoch_stats_from_dict,
     resolve_device,
     scope_sparsity,
     torch_predictor,
@@ -97,15 +101,20 @@ class ExperimentResult:
     notes: list[str] = field(default_factory=list)
 
 
-def run_training_aware(cfg: ExperimentConfig) -> ExperimentResult:
+def run_training_aware(cfg: ExperimentConfig, resume: ResumePoint | None = None) -> ExperimentResult:
+    """The experiment; with `resume`, the stopped one continued in its own runs (`cfg` is then its config)."""
     cfg, use_case, tracking_uri, experiment_id = open_store(cfg)
-    folder = _experiment_folder(cfg, use_case)
+    folder = make_folder(resume.folder) if resume else _experiment_folder(cfg, use_case)
     clock = stages.start()  # stage_seconds.* metrics + timing/stages.json (benchmarks/ reads them)
     with tracking.kept_locally(folder), tracking.run(
             f"{use_case.name}-{Path(cfg.model).stem}-L{cfg.optim_level:g}", experiment_id=experiment_id,
-            tags={"sparsify.use_case": use_case.name}) as parent:
-        tracking.log_params(cfg.as_params())
+            tags={"sparsify.use_case": use_case.name}, run_id=resume.parent_run_id if resume else None) as parent:
+        if resume is None:  # a resumed run keeps the params (and config) it was started with
+            tracking.log_params(cfg.as_params())
+            mlflow.log_dict(cfg.to_json(), CONFIG_ARTIFACT)
+        mlflow.set_tags({FOLDER_TAG: str(folder), **mark_alive()})
         session = prepare(cfg, use_case, experiment_id, tracking_uri)
+        session.resume = resume
         plan, recipe = plan_level(session, cfg)
         dense = train_dense_baseline(session, folder)
         result = finish_level(session, cfg, dense, plan, recipe, folder, parent.info.run_id)
@@ -130,6 +139,7 @@ class Session:
     experiment_id: str
     tracking_uri: str
     notes: list[str]
+    resume: ResumePoint | None = None  # --resume: the stopped experiment's runs and checkpoints
 
 
 def open_store(cfg: ExperimentConfig) -> tuple[ExperimentConfig, UseCase, str, str]:
@@ -173,7 +183,8 @@ def plan_level(session: Session, cfg: ExperimentConfig) -> tuple[RecipePlan, str
 def train_dense_baseline(session: Session, folder: Path) -> _Trained:
     """The dense baseline as a child of the active run (trained, or reused from the MLflow cache)."""
     s = session
-    return _dense_baseline(s.cfg, s.use_case, s.data, s.model, s.scope, s.experiment_id, s.device, folder)
+    return _dense_baseline(s.cfg, s.use_case, s.data, s.model, s.scope, s.experiment_id, s.device, folder,
+                           s.resume)
 
 
 def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan: RecipePlan, recipe: str,
@@ -186,7 +197,8 @@ def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan:
         sparse = dense  # level 0: the input model (fine-tuned) is the result
         notes.append("optim level 0: no sparsification; the dense baseline is the result")
     else:
-        sparse = _training_aware(cfg, use_case, data, dense.model, scope, recipe, session.device, folder)
+        sparse = _training_aware(cfg, use_case, data, dense.model, scope, recipe, session.device, folder,
+                                 session.resume)
     comparison = _compare(dense.report, sparse.report)
     tracking.log_metrics(comparison)
     for role, side in (("dense", dense.report), ("sparse", sparse.report)):
@@ -217,28 +229,37 @@ class _Trained:
 
 
 def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, model: nn.Module,
-                    scope: PruningScope, experiment_id: str, device: torch.device, folder: Path) -> _Trained:
-    """Fine-tune the input model with the same schedule and no sparsification, or reuse a cached one."""
+                    scope: PruningScope, experiment_id: str, device: torch.device, folder: Path,
+                    resume: ResumePoint | None = None) -> _Trained:
+    """Fine-tune the input model with the same schedule and no sparsification, or reuse a cached one.
+
+    Resumed: a dense child that finished is reused as is; an unfinished one continues from its checkpoint.
+    """
     key = _baseline_key(cfg, data)
     plan = plan_recipe(0.0, cfg.epochs, scope, cfg.lr)
     work = folder / "training_artifacts" / "dense"
-    with tracking.run("dense-baseline", nested=True, tags={"sparsify.role": "dense"}) as child:
+    run_id, status = resume.child("dense") if resume else (None, None)
+    with tracking.run("dense-baseline", nested=True, tags={"sparsify.role": "dense"}, run_id=run_id) as child:
         tracking.log_params(plan.summary() | {"baseline_key": key})
-        cached = tracking.find_finished_run(experiment_id, BASELINE_KEY_TAG, key)
+        own = status == "FINISHED"  # resumed after the baseline finished: its own logged model
+        cached = run_id if own else tracking.find_finished_run(experiment_id, BASELINE_KEY_TAG, key)
         if cached:
-            print(f"Reusing the dense baseline trained in run {cached} (same model, data, epochs, seed).")
+            print(f"Resuming: the dense baseline of run {run_id} is complete; reusing it." if own else
+                  f"Reusing the dense baseline trained in run {cached} (same model, data, epochs, seed).")
             state = torch.load(tracking.download(cached, "checkpoint/model.pt", work), map_location="cpu",
                                weights_only=True)
             model.load_state_dict(state)
             history = _history_from_json(tracking.download(cached, "history.json", work).read_text(),
                                          cfg.eval_metric)
             seconds = 0.0
-            mlflow.set_tag("sparsify.reused_from_run", cached)
-            for stats in history:
-                _log_epoch(stats)
+            if not own:
+                mlflow.set_tag("sparsify.reused_from_run", cached)
+                for stats in history:
+                    _log_epoch(stats)
         else:
             with stages.stage("baseline_training"):
-                model, result = _train(cfg, model, use_case, data, recipe_yaml(plan), scope, device, folder, "dense")
+                model, result = _train(cfg, model, use_case, data, recipe_yaml(plan), scope, device, folder, "dense",
+                                       resume_from=resume.checkpoints.get("dense") if resume else None)
             history, seconds = result.history, result.seconds
         mlflow.log_text(recipe_yaml(plan), "recipe.yaml")
         model.cpu()
@@ -247,21 +268,27 @@ def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
         tracking.log_json([asdict(h) for h in history], "history.json")
         report_ = _finish_model(cfg, use_case, data, model, scope, "dense", child.info.run_id,
                                 history, seconds, work, engines=benchmark_engines(cfg.deploy_engine, "dense"))
-        report_.reused_from_run = cached
+        report_.reused_from_run = None if own else cached
         mlflow.set_tag(BASELINE_KEY_TAG, key)  # only now: a failed run must not be found as a cache
     return _Trained(report_, model)
 
 
 def _training_aware(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, dense_model: nn.Module,
-                    scope: PruningScope, recipe: str, device: torch.device, folder: Path) -> _Trained:
-    """Prune and quantize, starting from the fine-tuned dense baseline (GMP prunes a trained model)."""
+                    scope: PruningScope, recipe: str, device: torch.device, folder: Path,
+                    resume: ResumePoint | None = None) -> _Trained:
+    """Prune and quantize, starting from the fine-tuned dense baseline (GMP prunes a trained model).
+
+    Resumed: the same child run continues from its checkpoint (the recipe restarts at its epoch).
+    """
     model = copy.deepcopy(dense_model)
     work = folder / "training_artifacts" / "sparse"
-    with tracking.run("training-aware", nested=True, tags={"sparsify.role": "sparse"}) as child:
+    run_id = resume.child("sparse")[0] if resume else None
+    with tracking.run("training-aware", nested=True, tags={"sparsify.role": "sparse"}, run_id=run_id) as child:
         mlflow.log_text(recipe, "recipe.yaml")
         teacher = _teacher(cfg, use_case, data, dense_model)
         with stages.stage("training_aware_training"):
-            model, result = _train(cfg, model, use_case, data, recipe, scope, device, folder, "sparse", teacher)
+            model, result = _train(cfg, model, use_case, data, recipe, scope, device, folder, "sparse", teacher,
+                                   resume_from=resume.checkpoints.get("sparse") if resume else None)
         model.cpu()
         torch.save(model.state_dict(), work / "model.pt")
         tracking.log_json([asdict(h) for h in result.history], "history.json")
@@ -272,15 +299,42 @@ def _training_aware(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
 
 
 def _train(cfg: ExperimentConfig, model: nn.Module, use_case: UseCase, data: DataBundle, recipe: str,
-           scope: PruningScope, device: torch.device, folder: Path, role: str, teacher: nn.Module | None = None
-           ) -> tuple[nn.Module, TrainResult]:
-    """One training stage in the active run; out-of-memory errors halve the batch size (logged)."""
+           scope: PruningScope, device: torch.device, folder: Path, role: str, teacher: nn.Module | None = None,
+           resume_from: Checkpoint | None = None) -> tuple[nn.Module, TrainResult]:
+    """One training stage in the active run; out-of-memory errors halve the batch size (logged).
+
+    Each epoch ends with a checkpoint in the stage's folder, also logged to its run (--resume reads either).
+    """
+    if resume_from is not None:
+        mlflow.set_tag(RESUMED_TAG, str(resume_from.epoch))
+    ctx = distributed.current()
+    if ctx is not None:  # the workers train the same stage beside us
+        batch = resume_from.batch_size if resume_from else cfg.batch_size
+        distributed.send(distributed.Job(cfg, recipe, batch, cfg.lr, cfg.seed, role, cfg.eval_metric, cfg.train_kwargs,
+                                         str(resume_from.source) if resume_from and resume_from.source else None))
+        mlflow.set_tags({"sparsify.ddp.world_size": str(ctx.world_size), "sparsify.ddp.backend": dist_backend()})
     model, result = train_stepping_down(
-        model, use_case, data, recipe, scope, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=device,
+        model, use_case, data, recipe, scope, batch_size=resume_from.batch_size if resume_from else cfg.batch_size,
+        lr=cfg.lr, seed=cfg.seed, device=device,
         desc=role, on_epoch=_log_epoch, log_dir=folder / "logs", teacher=teacher, main_metric=cfg.eval_metric,
-        kwargs=cfg.train_kwargs, on_retry=_log_oom_retry)
+        kwargs=cfg.train_kwargs, on_retry=_log_oom_retry, resume_from=resume_from,
+        checkpoint_path=folder / "training_artifacts" / role / CHECKPOINT_NAME, on_checkpoint=_log_checkpoint)
+    # Done: the run keeps the logged copy (what --resume falls back to); the folder, logged whole
+    # to the parent as experiment/, should not carry a second one.
+    (folder / "training_artifacts" / role / CHECKPOINT_NAME).unlink(missing_ok=True)
     tracking.log_params({"train.batch_size": result.batch_size, "train.oom_retries": len(result.oom_retries)})
     return model, result
+
+
+def dist_backend() -> str:
+    import torch.distributed as dist
+
+    return str(dist.get_backend())
+
+
+def _log_checkpoint(path: Path) -> None:
+    """Only the latest checkpoint is kept: each epoch's replaces the last one in the run's artifacts."""
+    mlflow.log_artifact(str(path), CHECKPOINT_ARTIFACT_DIR)
 
 
 def _log_oom_retry(retry: OomRetry) -> None:
@@ -397,11 +451,12 @@ def _baseline_key(cfg: ExperimentConfig, data: DataBundle) -> str:
 
 
 def _history_from_json(text: str, main_metric: str | None) -> list[EpochStats]:
-    return [EpochStats(**(row | {"val": Metrics(**row["val"]).with_main(main_metric)})) for row in json.loads(text)]
+    return [epoch_stats_from_dict(row, main_metric) for row in json.loads(text)]
 
 
 def _log_epoch(stats: EpochStats) -> None:
     tracking.log_metrics({"train.loss": stats.train_loss, "lr": stats.lr, "sparsity.overall": stats.sparsity,
+                          "train.step_seconds": stats.step_seconds,
                           **{f"val.{k}": v for k, v in stats.val.values.items()}}, step=stats.epoch)
 
 

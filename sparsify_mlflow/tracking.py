@@ -92,14 +92,18 @@ def ensure_experiment(name: str, working_dir: Path) -> str:
 
 @contextmanager
 def run(run_name: str, *, experiment_id: str | None = None, nested: bool = False,
-        tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+        tags: dict[str, str] | None = None, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or attach to, under `mlflow run`) a run and close it with the right status.
 
     A nested run goes into its parent's experiment (MLflow would otherwise use the default one).
+    With `run_id`, reopen that run (--resume): it goes back to RUNNING and ends as any other.
     """
-    if nested and experiment_id is None and mlflow.active_run() is not None:
-        experiment_id = mlflow.active_run().info.experiment_id
-    active = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=nested, tags=tags)
+    if run_id is not None:
+        active = mlflow.start_run(run_id=run_id, nested=nested, tags=tags)
+    else:
+        if nested and experiment_id is None and mlflow.active_run() is not None:
+            experiment_id = mlflow.active_run().info.experiment_id
+        active = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=nested, tags=tags)
     try:
         yield active
         remote.BUFFER.flush()  # buffered metrics land before the run is marked FINISHED

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from sparsify_mlflow import checkpoint, distributed
+from sparsify_mlflow.checkpoint import Checkpoint
 from sparsify_mlflow.config import TrainKwargs
 from sparsify_mlflow.errors import UserError
 from sparsify_mlflow.levels import PruningScope
@@ -53,6 +55,7 @@ class EpochStats:
     lr: float
     sparsity: float            # over the pruning scope
     seconds: float
+    step_seconds: float = 0.0  # mean wall time of one optimizer step (forward, backward, step)
 
 
 @dataclass
@@ -62,6 +65,11 @@ class TrainResult:
     steps_per_epoch: int
     batch_size: int = 0                                    # the one that fitted in memory
     oom_retries: list[OomRetry] = field(default_factory=list)
+
+
+def epoch_stats_from_dict(row: dict, main_metric: str | None) -> EpochStats:
+    """An EpochStats back from its asdict() form (history.json, checkpoints)."""
+    return EpochStats(**(row | {"val": Metrics(**row["val"]).with_main(main_metric)}))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -134,6 +142,9 @@ def train(
     teacher: nn.Module | None = None,
     main_metric: str | None = None,
     kwargs: TrainKwargs = TrainKwargs(),
+    checkpoint_path: Path | None = None,
+    resume_from: Checkpoint | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place under `recipe` (its epoch range sets the length) and finalize it.
 
@@ -141,51 +152,74 @@ def train(
     `manager.loss_update` with the student's outputs and inputs (the use case's
     `distillation_step`), and sparseml mixes in the teacher's soft targets. `main_metric`
     (--eval-metric) names the validation figure shown per epoch; `kwargs` are --train-kwargs.
+    With `checkpoint_path`, every epoch ends with a checkpoint there (then `on_checkpoint(path)`);
+    `resume_from` continues a stage from one: sparseml's schedule restarts at its epoch.
     """
     from sparseml.pytorch.optim import ScheduledModifierManager
 
+    ctx = distributed.current()  # under torchrun: this rank's share of each batch, same recipe
+    leader = ctx is None or ctx.leader
+    device = ctx.device if ctx is not None else device
     _sparseml_logs_to(log_dir)
     generator = seed_everything(seed)
-    workers = kwargs.num_workers if kwargs.num_workers is not None else (0 if len(data.train) < 5000 else 2)
-    loader = torch.utils.data.DataLoader(
-        data.train, batch_size=batch_size, shuffle=True, drop_last=len(data.train) > batch_size,
-        generator=generator, num_workers=workers,
-    )
+    loader, sampler = _loader(data, batch_size, generator, kwargs, ctx)
     model.to(device)
+    if ctx is not None:
+        distributed.sync_from_leader(model)
+    if resume_from is not None:
+        checkpoint.restore_weights_early(resume_from, model)
     manager = ScheduledModifierManager.from_yaml(recipe)
     epochs = max(1, math.ceil(manager.max_epochs))
     distill = teacher is not None and bool(manager.distillation_modifiers)
-    optimizer = apply_train_kwargs(use_case.make_optimizer(model, lr), kwargs)
-    optimizer = manager.modify(model, optimizer, steps_per_epoch=len(loader),
+    raw_optimizer = apply_train_kwargs(use_case.make_optimizer(model, lr), kwargs)
+    start_epoch = resume_from.epoch if resume_from is not None else 0
+    optimizer = manager.modify(model, raw_optimizer, steps_per_epoch=len(loader), epoch=float(start_epoch),
                                **({"distillation_teacher": teacher} if distill else {}))
-    _simulated_memory_limit(batch_size)
     history: list[EpochStats] = []
+    if resume_from is not None:
+        checkpoint.restore(resume_from, model=model, optimizer=raw_optimizer, manager=manager, generator=generator)
+        history = [epoch_stats_from_dict(row, main_metric) for row in resume_from.history]
+        tqdm.write(f"  {desc}: resuming after epoch {start_epoch}/{epochs} from the checkpoint")
+    net = distributed.wrap(model, ctx) if ctx is not None else model  # forward/backward through DDP
+    _simulated_memory_limit(batch_size)
     start = time.perf_counter()
-    for epoch in range(epochs):
+    for epoch in range(start_epoch, epochs):
         epoch_start = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         model.train()
         losses = []
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", leave=False, disable=None)
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", leave=False,
+                   disable=None if leader else True)
         for batch in bar:
             optimizer.zero_grad(set_to_none=True)
             if distill:
-                loss, outputs, inputs = use_case.distillation_step(model, batch, device)
+                loss, outputs, inputs = use_case.distillation_step(net, batch, device)
                 loss = manager.loss_update(loss, model, optimizer, optimizer.wrapped_epoch,
                                            optimizer.wrapped_steps_per_epoch,
                                            student_outputs=outputs, student_inputs=inputs)
             else:
-                loss = use_case.training_step(model, batch, device)
+                loss = use_case.training_step(net, batch, device)
             loss.backward()
             if kwargs.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), kwargs.grad_clip)
             optimizer.step()
+            if ctx is not None:  # QAT's start rebuilt modules inside the wrapper
+                net = distributed.rewrap_if_changed(net, ctx)
             losses.append(float(loss))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        train_seconds = time.perf_counter() - epoch_start
+        train_loss = distributed.mean(float(np.mean(losses)), ctx)
+        if ctx is not None and not distributed.same_weights_everywhere(model, ctx):
+            raise RuntimeError(f"rank {ctx.rank}: the ranks' weights diverged in epoch {epoch + 1}")
+        if not leader:
+            continue  # the leader evaluates, logs and checkpoints
         lr_now = float(optimizer.param_groups[0]["lr"])
         val = use_case.evaluate(torch_predictor(model, device), data, batch_size).with_main(main_metric)
         stats = EpochStats(
-            epoch=epoch + 1, train_loss=float(np.mean(losses)), val=val, lr=lr_now,
+            epoch=epoch + 1, train_loss=train_loss, val=val, lr=lr_now,
             sparsity=scope_sparsity(model, scope)[0], seconds=time.perf_counter() - epoch_start,
+            step_seconds=train_seconds / max(1, len(losses)),
         )
         history.append(stats)
         tqdm.write(
@@ -195,11 +229,36 @@ def train(
         )
         if on_epoch is not None:
             on_epoch(stats)
+        if checkpoint_path is not None:
+            checkpoint.save(checkpoint_path, epoch=epoch + 1, batch_size=batch_size, model=model,
+                            optimizer=raw_optimizer, manager=manager, generator=generator, history=history)
+            if on_checkpoint is not None:
+                on_checkpoint(checkpoint_path)
     manager.finalize(model)
+    if ctx is not None and leader:
+        distributed.stage_finished()
     model.eval()
     if teacher is not None:
         teacher.cpu()  # sparseml moved it next to the inputs
     return TrainResult(history, time.perf_counter() - start, len(loader), batch_size)
+
+
+def _loader(data: DataBundle, batch_size: int, generator: torch.Generator, kwargs: TrainKwargs,
+            ctx: distributed.Context | None) -> tuple[torch.utils.data.DataLoader, torch.utils.data.Sampler | None]:
+    """Shuffled training batches; under DDP each rank takes its shard and batch_size // world of each
+    batch, so the global batch, the steps per epoch and so the recipe's schedule stay the same."""
+    workers = kwargs.num_workers if kwargs.num_workers is not None else (0 if len(data.train) < 5000 else 2)
+    sampler = None
+    if ctx is not None:
+        sampler = torch.utils.data.DistributedSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank,
+                                                      shuffle=True, seed=int(generator.initial_seed()))
+        batch_size = max(1, batch_size // ctx.world_size)
+    loader = torch.utils.data.DataLoader(
+        data.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=len(sampler if sampler is not None else data.train) > batch_size,
+        generator=generator, num_workers=workers,
+    )
+    return loader, sampler
 
 
 def train_stepping_down(model: nn.Module, *args: object, batch_size: int,
@@ -211,6 +270,9 @@ def train_stepping_down(model: nn.Module, *args: object, batch_size: int,
     Returns the trained model (a fresh copy when a retry happened: sparseml modified the failed
     one in place) and the result, whose `oom_retries` say what happened.
     """
+    if distributed.current() is not None:  # every rank must train the same batch size: no step-down
+        result = train(model, *args, batch_size=batch_size, **kwargs)
+        return model, result
     pristine = copy.deepcopy(model).cpu()
     retries: list[OomRetry] = []
     while True:
