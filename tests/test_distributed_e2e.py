@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_image_folder
+from conftest import make_image_folder, use_every_cpu
 from mlflow_checks import assert_failed_cleanly, family, registered_versions, runs_of
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +28,8 @@ def cli(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     """The CLI in its own process group, so that a hang is killed with torchrun and both ranks."""
     command = [sys.executable, "-m", "sparsify_mlflow", "training-aware", *args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+                            start_new_session=True, env=os.environ | {"PYTHONWARNINGS": "ignore"},
+                            preexec_fn=use_every_cpu)  # two ranks: not on the xdist worker's one core
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
