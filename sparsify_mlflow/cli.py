@@ -378,18 +378,18 @@ def _run(argv: list[str] | None) -> int:
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
+    except click.exceptions.Abort:  # Ctrl-C / SIGTERM (click turns KeyboardInterrupt into Abort)
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
     except Exception as exc:  # the tracking server refusing us mid-command is the user's to fix, too
         message = _refused_by_server(exc)
         if message is None:
             raise
         click.echo(f"error: {message}", err=True)
         return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
     return code if isinstance(code, int) else 0
 
 
