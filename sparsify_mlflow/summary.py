@@ -75,11 +75,16 @@ def print_summary(result: ExperimentResult, console: Console | None = None) -> N
         reg = result.registered
         console.print(f"Registered [bold]{reg.name}[/] version {reg.version} as @{reg.alias} ({reg.model_uri})")
     console.print(f"Deployment folder: {result.deployment_dir}")
-    uri = redact_uri(result.tracking_uri)
+    print_ui_hint(result.tracking_uri, result.experiment_id, console)
+
+
+def print_ui_hint(tracking_uri: str, experiment_id: str, console: Console) -> None:
+    """Where to look next: the command that opens a local store, or the server's address."""
+    uri = redact_uri(tracking_uri)
     if uri.startswith("sqlite:"):
         console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
     else:
-        console.print(f"See it in the MLflow UI at {uri} (experiment id {result.experiment_id})")
+        console.print(f"See it in the MLflow UI at {uri} (experiment id {experiment_id})")
 
 
 def summary_dict(result: ExperimentResult) -> dict[str, Any]:
@@ -162,9 +167,7 @@ def print_sweep_summary(result: Any, console: Console | None = None) -> None:
         console.print(f"Every finished level is a version of [bold]{result.registered_model_name}[/] "
                       f"(see the table); no alias was moved")
     console.print(f"Sweep run {result.parent_run_id}: table sweep_table.json/.csv, figure figures/pareto.png")
-    uri = redact_uri(result.tracking_uri)
-    if uri.startswith("sqlite:"):
-        console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
+    print_ui_hint(result.tracking_uri, result.experiment_id, console)
 
 
 def sweep_summary_dict(result: Any) -> dict[str, Any]:

@@ -105,11 +105,14 @@ def test_sigterm_mid_training_ends_the_runs_killed(store, tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 
     data = make_image_folder(tmp_path / "d", per_class=40)
+    # Create the store's tables before the job starts: mlflow's schema migration is not safe to run
+    # from two processes at once (CI once failed here with "AttributeError: dimension_attributes").
+    client = MlflowClient(tracking_uri=store)
+    client.search_experiments()
     script = Path(sys.executable).parent / "sparsify.run"
     proc = subprocess.Popen([str(script), "training-aware", *common(store, tmp_path), "--data", str(data),
                              "--epochs", "50", "--image-size", "32", "--batch-size", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(tracking_uri=store)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(1)
