@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,16 +47,10 @@ class Checkpoint:
     source: Path | None = None          # the file it was read from (not saved)
 
     def to_file(self, path: Path) -> None:
-        """Write next to `path`, then rename over it: a kill mid-write leaves the previous one intact."""
+        """Replace `path` atomically: a kill mid-write leaves the previous checkpoint intact."""
         payload = asdict(self) | {"format": FORMAT_VERSION, "history": json.dumps(self.history, default=str)}
         payload.pop("source")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        save_atomically(payload, path)
 
     @classmethod
     def from_file(cls, path: Path) -> Checkpoint:
@@ -103,6 +101,43 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
 
 def _to_lists(value: Any) -> Any:
     return [_to_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """torch.save `obj` next to `path`, then rename it over `path`, with Ctrl-C / SIGTERM held
+    until both are done.
+
+    Why hold them: the interrupt's exception, raised inside torch.save, is replaced by the zip
+    writer's own error on the way out ("unexpected pos ..."), so a job stopped at that moment
+    exited 1 with a traceback instead of 130 with its runs marked KILLED.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with interrupts_deferred():
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are delivered when it ends."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])  # now under the restored handler
 
 
 def save(path: Path, *, epoch: int, batch_size: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

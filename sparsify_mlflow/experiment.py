@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -17,26 +16,18 @@ import mlflow
 import torch
 from torch import nn
 
-from sparsify_mlflow import distributed, report, stages, tracking, usecases
+from sparsify_mlflow import distributed, run_logging, stages, tracking, usecases
 from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
-from sparsify_mlflow.checkpoint import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
-from sparsify_mlflow.checkpoint import CHECKPOINT_NAME, Checkpoint
+from sparsify_mlflow.checkpoint import CHECKPOINT_NAME, Checkpoint, save_atomically
 from sparsify_mlflow.config import TEACHER_SELF, ExperimentConfig
 from sparsify_mlflow.deployment import Handover, write_deployment, write_metrics
-from sparsify_mlflow.engines import (
-    deepsparse_status,
-    load_engine,
-    plan_benchmarks,
-    predict_batches,
-    unsupported_op_types,
-)
+from sparsify_mlflow.engines import load_engine, plan_benchmarks, predict_batches
 from sparsify_mlflow.export import ExportedModel, export_onnx
 from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
 from sparsify_mlflow.resume import CONFIG_ARTIFACT, FOLDER_TAG, RESUMED_TAG, ResumePoint, mark_alive
 from sparsify_mlflow.registry import CANDIDATE_ALIAS, RegisteredVersion, register_onnx, register_pyfunc
 from sparsify_mlflow.training import (
     EpochStats,
-    OomRetry,
     TrainResult,
     epoch_stats_from_dict,
     resolve_device,
@@ -46,7 +37,6 @@ from sparsify_mlflow.training import (
 )
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, UseCase
 
-log = logging.getLogger(__name__)
 BASELINE_KEY_TAG = "sparsify.baseline_key"
 BASELINE_CACHE_VERSION = 1
 
@@ -158,14 +148,14 @@ def open_store(cfg: ExperimentConfig) -> tuple[ExperimentConfig, UseCase, str, s
 def prepare(cfg: ExperimentConfig, use_case: UseCase, experiment_id: str, tracking_uri: str) -> Session:
     """In the active run: load the data, build the model, find the pruning scope and the device."""
     data = use_case.load_data(cfg)
-    _log_data(data)
+    run_logging.log_data(data)
     model = use_case.build_model(cfg, data)
     tracking.log_params(data.info | {"data.fingerprint": data.fingerprint, "data.source": data.source})
     scope = use_case.pruning_scope(model)
     device = resolve_device(cfg.device)
     print(f"Training on {device} (--device {cfg.device}); benchmarks run on the CPU.")
     mlflow.set_tags({"sparsify.device": str(device), "sparsify.deploy_engine": cfg.deploy_engine})
-    notes = _engine_notes() if cfg.deploy_engine == "deepsparse" else []
+    notes = run_logging.engine_notes() if cfg.deploy_engine == "deepsparse" else []
     return Session(cfg, use_case, data, model, scope, device, experiment_id, tracking_uri, notes)
 
 
@@ -207,8 +197,8 @@ def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan:
     handover = Handover(f"{use_case.name} {Path(cfg.model).stem}, optim level {cfg.optim_level:g}", run_id, plan,
                         dense.report, sparse.report, comparison, notes)
     with stages.stage("tracking"):
-        _log_figures(dense.report, sparse.report, plan, scope, use_case)
-        _log_prediction_figures(use_case, data, dense.model, sparse.model)
+        run_logging.log_figures(dense.report, sparse.report, plan, scope, use_case)
+        run_logging.log_prediction_figures(use_case, data, dense.model, sparse.model)
         deployment = write_deployment(folder, use_case, data, recipe, handover)
         write_metrics(folder, handover)
         mlflow.log_artifacts(str(folder), artifact_path="experiment")  # the folder as written, nothing else
@@ -255,7 +245,7 @@ def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
             if not own:
                 mlflow.set_tag("sparsify.reused_from_run", cached)
                 for stats in history:
-                    _log_epoch(stats)
+                    run_logging.log_epoch(stats)
         else:
             with stages.stage("baseline_training"):
                 model, result = _train(cfg, model, use_case, data, recipe_yaml(plan), scope, device, folder, "dense",
@@ -263,7 +253,7 @@ def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
             history, seconds = result.history, result.seconds
         mlflow.log_text(recipe_yaml(plan), "recipe.yaml")
         model.cpu()
-        torch.save(model.state_dict(), work / "model.pt")
+        save_atomically(model.state_dict(), work / "model.pt")
         mlflow.log_artifact(str(work / "model.pt"), "checkpoint")
         tracking.log_json([asdict(h) for h in history], "history.json")
         report_ = _finish_model(cfg, use_case, data, model, scope, "dense", child.info.run_id,
@@ -290,7 +280,7 @@ def _training_aware(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
             model, result = _train(cfg, model, use_case, data, recipe, scope, device, folder, "sparse", teacher,
                                    resume_from=resume.checkpoints.get("sparse") if resume else None)
         model.cpu()
-        torch.save(model.state_dict(), work / "model.pt")
+        save_atomically(model.state_dict(), work / "model.pt")
         tracking.log_json([asdict(h) for h in result.history], "history.json")
         report_ = _finish_model(cfg, use_case, data, model, scope, "sparse", child.info.run_id,
                                 result.history, result.seconds, work,
@@ -316,9 +306,10 @@ def _train(cfg: ExperimentConfig, model: nn.Module, use_case: UseCase, data: Dat
     model, result = train_stepping_down(
         model, use_case, data, recipe, scope, batch_size=resume_from.batch_size if resume_from else cfg.batch_size,
         lr=cfg.lr, seed=cfg.seed, device=device,
-        desc=role, on_epoch=_log_epoch, log_dir=folder / "logs", teacher=teacher, main_metric=cfg.eval_metric,
-        kwargs=cfg.train_kwargs, on_retry=_log_oom_retry, resume_from=resume_from,
-        checkpoint_path=folder / "training_artifacts" / role / CHECKPOINT_NAME, on_checkpoint=_log_checkpoint)
+        desc=role, on_epoch=run_logging.log_epoch, log_dir=folder / "logs", teacher=teacher,
+        main_metric=cfg.eval_metric, kwargs=cfg.train_kwargs, on_retry=run_logging.log_oom_retry,
+        resume_from=resume_from, checkpoint_path=folder / "training_artifacts" / role / CHECKPOINT_NAME,
+        on_checkpoint=run_logging.log_checkpoint)
     # Done: the run keeps the logged copy (what --resume falls back to); the folder, logged whole
     # to the parent as experiment/, should not carry a second one.
     (folder / "training_artifacts" / role / CHECKPOINT_NAME).unlink(missing_ok=True)
@@ -330,18 +321,6 @@ def dist_backend() -> str:
     import torch.distributed as dist
 
     return str(dist.get_backend())
-
-
-def _log_checkpoint(path: Path) -> None:
-    """Only the latest checkpoint is kept: each epoch's replaces the last one in the run's artifacts."""
-    mlflow.log_artifact(str(path), CHECKPOINT_ARTIFACT_DIR)
-
-
-def _log_oom_retry(retry: OomRetry) -> None:
-    print(f"warning: out of memory at batch size {retry.failed_batch_size} ({retry.error}); retrying the stage "
-          f"with batch size {retry.next_batch_size} (retry {retry.retry})")
-    mlflow.set_tag(f"sparsify.oom_retry.{retry.retry}",
-                   f"batch size {retry.failed_batch_size} -> {retry.next_batch_size}: {retry.error}"[:5000])
 
 
 def _teacher(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, dense_model: nn.Module) -> nn.Module | None:
@@ -390,9 +369,9 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
         print(f"note: {note}")
     if notes:
         mlflow.set_tag("sparsify.engine_fallback", "; ".join(notes)[:5000])
-    rep.notes += _supported_ops_warning(exported.path, role, benchmarks)
+    rep.notes += run_logging.supported_ops_warning(exported.path, role, benchmarks)
     tracking.log_metrics(rep.flat_metrics())
-    tracking.log_rows(_sparsity_rows(per_layer, scope), "sparsity_per_layer.json")
+    tracking.log_rows(run_logging.sparsity_rows(per_layer, scope), "sparsity_per_layer.json")
     for table, rows_ in metrics.tables.items():
         tracking.log_rows(rows_, f"{table}.json")
     mlflow.log_artifact(str(exported.path), "onnx")
@@ -402,20 +381,6 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
 def benchmark_engines(deploy_engine: str, role: str) -> tuple[str, ...]:
     """The deploy engine measures both models; ONNX Runtime also measures the dense one, as the reference."""
     return tuple(dict.fromkeys((deploy_engine, "onnxruntime"))) if role == "dense" else (deploy_engine,)
-
-
-def _supported_ops_warning(path: Path, role: str, benchmarks: dict[str, BenchmarkResult]) -> list[str]:
-    """A note (and tag) naming the op types DeepSparse could not take over, when it ran below 100%."""
-    fractions = [r.fraction_of_supported_ops for r in benchmarks.values() if r.fraction_of_supported_ops is not None]
-    if not fractions or min(fractions) >= 1.0:
-        return []
-    ops = unsupported_op_types(path)
-    listed = ", ".join(f"{op} x{n}" for op, n in ops.items()) or "op types not reported"
-    mlflow.set_tag("sparsify.unsupported_ops", listed[:5000])
-    warning = (f"DeepSparse runs only {min(fractions):.0%} of the {role} model's ops in its optimized runtime; "
-               f"the rest run on slower fallback paths (unsupported: {listed})")
-    print(f"warning: {warning}")
-    return [warning]
 
 
 def _engine_settings(path: Path, engines: tuple[str, ...], batch_sizes: tuple[int, ...]
@@ -452,62 +417,6 @@ def _baseline_key(cfg: ExperimentConfig, data: DataBundle) -> str:
 
 def _history_from_json(text: str, main_metric: str | None) -> list[EpochStats]:
     return [epoch_stats_from_dict(row, main_metric) for row in json.loads(text)]
-
-
-def _log_epoch(stats: EpochStats) -> None:
-    tracking.log_metrics({"train.loss": stats.train_loss, "lr": stats.lr, "sparsity.overall": stats.sparsity,
-                          "train.step_seconds": stats.step_seconds,
-                          **{f"val.{k}": v for k, v in stats.val.values.items()}}, step=stats.epoch)
-
-
-def _log_data(data: DataBundle) -> None:
-    for warning in data.warnings:
-        print(f"warning: {warning}")
-    if data.skipped:
-        mlflow.log_text("\n".join(data.skipped) + "\n", "data/skipped.txt")
-
-
-def _sparsity_rows(per_layer: dict[str, float], scope: PruningScope) -> list[dict[str, object]]:
-    return [{"parameter": name, "sparsity": round(value, 4), "pruned": name in scope.prune,
-             "kept_dense_because": scope.keep_dense.get(name, "")} for name, value in per_layer.items()]
-
-
-def _log_figures(dense: ModelReport, sparse: ModelReport, plan: RecipePlan, scope: PruningScope,
-                 use_case: UseCase) -> None:
-    import matplotlib.pyplot as plt
-
-    bars: dict[str, dict[str, float]] = {}
-    for side in (dense, sparse):
-        for key, result in side.benchmarks.items():
-            engine, setting = key.split(".", 1)
-            bars.setdefault(setting, {})[f"{side.role} ({engine})"] = result.latency_ms_median
-    figures = {
-        "figures/sparsity_per_layer.png": report.sparsity_figure(sparse.layer_sparsity, plan.target_sparsity,
-                                                                 list(scope.keep_dense)),
-        "figures/metric_per_epoch.png": report.history_figure(
-            dense.history, sparse.history if sparse is not dense else None, dense.metrics.main_name),
-        "figures/latency.png": report.latency_figure(bars),
-    }
-    for path, fig in figures.items():
-        mlflow.log_figure(fig, path)
-        plt.close(fig)
-
-
-def _log_prediction_figures(use_case: UseCase, data: DataBundle, dense: nn.Module, sparse: nn.Module) -> None:
-    """Use cases with a `prediction_figures` hook (detection, segmentation) draw a few validation
-    images with the dense and the sparse model's predictions side by side."""
-    import matplotlib.pyplot as plt
-
-    draw = getattr(use_case, "prediction_figures", None)
-    if draw is None:
-        return
-    cpu = torch.device("cpu")
-    predictors = {"dense": torch_predictor(dense, cpu)}
-    if sparse is not dense:
-        predictors["sparse"] = torch_predictor(sparse, cpu)
-    for path, fig in draw(predictors, data).items():
-        mlflow.log_figure(fig, path)
-        plt.close(fig)
 
 
 def _register(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result: ExperimentResult,
@@ -560,11 +469,3 @@ def make_folder(folder: Path, parts: tuple[str, ...] = ("deployment", "training_
     for sub in parts:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def _engine_notes() -> list[str]:
-    usable, reason = deepsparse_status()
-    if usable:
-        return []
-    mlflow.set_tag("sparsify.engine_fallback", f"onnxruntime ({reason})")
-    return [f"DeepSparse unavailable ({reason}); benchmarked with ONNX Runtime instead"]

@@ -4,6 +4,8 @@ recipe: GMP pruning, then QAT; CPU, one data-loader process, so training is dete
 from __future__ import annotations
 
 import copy
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 
 from conftest import make_image_folder
 from sparsify_mlflow import usecases
-from sparsify_mlflow.checkpoint import Checkpoint, CheckpointError
+from sparsify_mlflow.checkpoint import Checkpoint, CheckpointError, save_atomically
 from sparsify_mlflow.config import build_config
 from sparsify_mlflow.levels import plan_recipe, recipe_yaml
 from sparsify_mlflow.training import scope_sparsity, train
@@ -81,3 +83,28 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
     torch.save({"model": {}}, path)
     with pytest.raises(CheckpointError, match="missing"):
         Checkpoint.from_file(path)
+
+
+class SignalsWhilePickled:
+    """Sends this process SIGTERM while torch.save pickles it: a `kill` in the middle of a save."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return (dict, ())
+
+
+def test_an_interrupt_during_a_save_lands_after_it(tmp_path: Path) -> None:
+    """The CLI's SIGTERM handler raises. Raised inside torch.save, the interrupt lost the file and
+    could surface as the zip writer's "RuntimeError: unexpected pos" (seen in the suite: exit 1 and
+    a traceback instead of 130). Now the save finishes and the interrupt follows it."""
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_atomically({"weights": torch.ones(1000), "marker": SignalsWhilePickled()}, tmp_path / "model.pt")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert torch.load(tmp_path / "model.pt", weights_only=False)["weights"].sum() == 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
