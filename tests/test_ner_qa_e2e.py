@@ -1,6 +1,7 @@
 """NER and QA through the CLI and `mlflow run`: bad data fails the run and registers nothing; tiny
-generated data runs the whole flow (dense + 70% sparse INT8 MiniLM, ONNX checked on DeepSparse,
-benchmarks, registry) and leaves the expected MLflow contents."""
+generated data runs the whole flow (dense + 70% sparse INT8, ONNX checked on DeepSparse,
+benchmarks, registry) with the packaged MiniLM as the default model and, for the detailed checks,
+a 2-layer BERT, and leaves the expected MLflow contents."""
 from __future__ import annotations
 
 import json
@@ -119,6 +120,32 @@ def predict_registered(store: str, name: str, seq: int) -> dict:
     batch = {"input_ids": np.full((2, seq), 101, np.int64), "attention_mask": np.ones((2, seq), np.int64),
              "token_type_ids": np.zeros((2, seq), np.int64)}
     return model.predict(batch)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("use_case, arch", [("ner", "BertForTokenClassification"),
+                                            ("qa", "BertForQuestionAnswering")])
+def test_the_packaged_minilm_is_the_default_model(store: str, tmp_path: Path, use_case: str, arch: str) -> None:
+    """No --model and no hub: both use cases fine-tune, prune, quantize, export, benchmark and
+    register the packaged MiniLM (one short epoch on a little generated data; the tests below check
+    the rest of the flow with a 2-layer BERT, which is several times faster)."""
+    data = write_conll(tmp_path / "conll", 40) if use_case == "ner" else write_flat_qa(tmp_path / "qa.jsonl", 24)
+    summary_path = tmp_path / "summary.json"
+    assert main(["training-aware", "--use-case", use_case, "--data", str(data),
+                 "--max-seq-length", "32" if use_case == "ner" else "64", "--epochs", "1", "--batch-size", "16",
+                 "--benchmark-batch-size", "2", "--benchmark-iterations", "3", "--tracking-uri", store,
+                 "--working-dir", str(tmp_path), "--summary-json", str(summary_path),
+                 "--registered-model-name", f"minilm-{use_case}"]) == 0
+    summary = json.loads(summary_path.read_text())
+    parent, children = family(store, summary["parent_run_id"])
+    assert parent.info.status == "FINISHED" and set(children) == {"dense", "sparse"}
+    params, metrics = parent.data.params, parent.data.metrics
+    assert params["model.source"].startswith("packaged MiniLM") and params["model.arch"] == arch
+    assert params["model.pretrained"] == "True"
+    assert abs(metrics["sparse.sparsity.pruned_layers"] - 0.7) <= 0.01
+    assert metrics["sparse.deepsparse.bs1.fraction_of_supported_ops"] == 1.0
+    assert "sparse.onnx.f1" in metrics and "speedup.deepsparse.bs1" in metrics
+    assert [str(v.version) for v in registered_versions(store)] == ["1"]
 
 
 @pytest.mark.e2e
