@@ -124,11 +124,12 @@ def save_atomically(obj: Any, path: Path) -> None:
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM that arrive inside the block are delivered when it ends."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Only the main thread may set handlers, and a handler installed from C (None) cannot be restored.
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
         yield
         return
     received: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
         signal.signal(sig, lambda signum, _frame: received.append(signum))
     try:
