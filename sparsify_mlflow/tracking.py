@@ -5,6 +5,7 @@ Runs are never left RUNNING: a failure ends them FAILED with the reason as a tag
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -39,11 +40,28 @@ def connect(tracking_uri: str) -> None:
         remote.probe(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        MlflowClient().search_experiments(max_results=1)
+        with _sqlite_setup_lock(tracking_uri):  # the first open creates or migrates the tables
+            MlflowClient().search_experiments(max_results=1)
     except Exception as exc:  # network, auth and database errors all surface here
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"MLflow tracking store {remote.redact_uri(tracking_uri)} is unusable: "
                             f"{first_line}") from None
+
+
+@contextmanager
+def _sqlite_setup_lock(tracking_uri: str) -> Iterator[None]:
+    """One process at a time creates or migrates a sqlite store's tables: MLflow's migration is not
+    safe to run concurrently, and jobs started together on a new store failed ("duplicate column
+    name", "table _alembic_tmp_tags already exists")."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or len(tracking_uri) == len(prefix):
+        yield
+        return
+    lock_path = Path(tracking_uri[len(prefix):].split("?", 1)[0] + ".setup-lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 @contextmanager
