@@ -21,19 +21,15 @@ def time_run(run: Callable[[], Any], *, warmup: int, min_seconds: float, min_ite
 
     Warm-up stops early once it has lasted half of ``min_seconds`` (big batches of big models).
     """
+    from sparsify_mlflow.speed_session import time_round
+
     w0 = time.perf_counter()
     for _ in range(warmup):
         run()
         if time.perf_counter() - w0 > min_seconds / 2:
             break
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_iterations and (len(times) < min_iterations or time.perf_counter() - start < min_seconds):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    ms = np.asarray(times) * 1000.0
-    return {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()), "iterations": len(times)}
+    ms = np.asarray(time_round(run, min_iterations, min_seconds, max_iterations))
+    return {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()), "iterations": len(ms)}
 
 
 def run_groups(args: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:

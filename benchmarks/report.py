@@ -113,7 +113,18 @@ def e2e_table(res: dict[str, Any]) -> list[Table]:
     rows.append(["total (wall)", _spread(e2e["wall_seconds"], ".1f"), "100%", _f(_med(e2e["peak_rss_mb"]), ".0f")])
     notes = [f"Command: {e2e['command']}. Stages from {e2e['stage_source']}. Peak RSS: the job's process "
              "tree (it starts DeepSparse probe subprocesses), sampled every 0.2 s."]
-    return [("3. End to end: the default main job", header, rows, notes)]
+    tables = [("3. End to end: the default main job", header, rows, notes)]
+    speedups = {k: v for k, v in e2e.get("speedups", {}).items() if not k.endswith((".min", ".max"))}
+    if speedups:
+        runs = e2e["runs"]
+        rows = [[name.removeprefix("speedup."), *(f"{r['speedups'][name]:.2f} [{r['speedups'][name + '.min']:.2f}-"
+                                                  f"{r['speedups'][name + '.max']:.2f}]" if name in r["speedups"] else "-"
+                                                  for r in runs)] for name in speedups]
+        rows.append(["reliable", *("yes" if r["benchmark_reliable"] else f"no: {r['benchmark_load']}" for r in runs)])
+        tables.append(("3b. The default job's speedups (sparse vs dense, same engine)",
+                       ["engine.batch", *(f"run {i + 1}" for i in range(len(runs)))], rows,
+                       ["Each cell: the job's own benchmark session, median [min-max] of its per-round ratios."]))
+    return tables
 
 
 def export_table(res: dict[str, Any]) -> list[Table]:

@@ -110,6 +110,9 @@ def e2e_section(st: Settings, work: Path, say: Say) -> dict[str, Any]:
         "stages": {s: {"seconds": figure([r["stages"].get(s, {}).get("seconds") for r in runs], "s"),
                        "peak_rss_mb": figure([r["stages"].get(s, {}).get("peak_rss_mb") for r in runs], "MB")}
                    for s in stage_names},
+        "speedups": {name: figure([r["speedups"].get(name) for r in runs], "x")
+                     for name in sorted({n for r in runs for n in r["speedups"]})},
+        "benchmark_reliable": [r["benchmark_reliable"] for r in runs],
         "runs": runs,
     }
 
@@ -141,7 +144,11 @@ def _e2e_figures(folder: Path, child: ChildResult) -> dict[str, Any]:
             entry["peak_rss_mb"] = max(entry["peak_rss_mb"] or 0.0, peak)
     inside = sum(s["seconds"] for s in stages.values())
     stages[UNTIMED] = {"seconds": max(0.0, child.seconds - inside), "peak_rss_mb": None}
+    summary = json.loads((folder / "summary.json").read_text())
     return {"wall_seconds": child.seconds, "peak_rss_mb": child.peak_rss_mb,
+            # the job's own interleaved benchmark session: median [min, max] of its per-round ratios
+            "speedups": {k: v for k, v in summary["comparison"].items() if k.startswith("speedup.")},
+            "benchmark_reliable": summary["benchmark_reliable"], "benchmark_load": summary["benchmark_load"],
             "peak_rss_main_mb": child.peak_main_rss_mb,
             "stages": stages, "stage_source": source, "parent_run_id": parent.info.run_id,
             "metrics": {k: v for k, v in parent.data.metrics.items() if k.startswith("stage_seconds.")}}

@@ -44,6 +44,7 @@ class Checkpoint:
     manager: dict[str, Any]
     rng: dict[str, Any]
     history: list[dict[str, Any]]       # EpochStats as dicts
+    key: str = ""                       # the configuration that wrote it (resume.stage_key); "" if unknown
     source: Path | None = None          # the file it was read from (not saved)
 
     def to_file(self, path: Path) -> None:
@@ -71,7 +72,7 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {path} has format {payload['format']}, this version reads {FORMAT_VERSION}")
         return cls(epoch=int(payload["epoch"]), batch_size=int(payload["batch_size"]), model=payload["model"],
                    optimizer=payload["optimizer"], manager=payload["manager"], rng=payload["rng"],
-                   history=json.loads(payload["history"]), source=path)
+                   history=json.loads(payload["history"]), key=str(payload.get("key", "")), source=path)
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
@@ -142,13 +143,13 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def save(path: Path, *, epoch: int, batch_size: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         manager: Any, generator: torch.Generator, history: list[Any]) -> None:
+         manager: Any, generator: torch.Generator, history: list[Any], key: str = "") -> None:
     """Checkpoint a stage after `epoch` finished epochs (the model unwrapped from DDP, on the CPU)."""
     module = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     Checkpoint(epoch=epoch, batch_size=batch_size,
                model={k: v.detach().cpu() for k, v in module.state_dict().items()},
                optimizer=optimizer.state_dict(), manager=manager.state_dict(), rng=capture_rng(generator),
-               history=[asdict(h) for h in history]).to_file(path)
+               history=[asdict(h) for h in history], key=key).to_file(path)
 
 
 def restore_weights_early(ckpt: Checkpoint, model: torch.nn.Module) -> bool:

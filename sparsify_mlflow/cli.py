@@ -39,6 +39,8 @@ class _Optional(click.ParamType):
 
 OPT_INT, OPT_FLOAT = _Optional(int), _Optional(float)
 TRISTATE = click.Choice(["auto", "true", "false"], case_sensitive=False)
+# A flag MLproject can pass as a value: --flag alone means true, --flag false/true as given.
+TRISTATE_FLAG = click.Choice(["true", "false"], case_sensitive=False)
 USE_CASE_HELP = "cv-classification, nlp-text_classification, ... (aliases accepted, e.g. image_classification)"
 
 
@@ -52,9 +54,9 @@ def cli() -> None:
 @click.option("--model", default=None, help="Model name (e.g. resnet50) or a local .pt/.pth checkpoint. "
               "Default: the use case's small model, trained from scratch.")
 @click.option("--data", default=None, help="Dataset folder/file (see README). Default: embedded sklearn digits.")
-@click.option("--optim-level", type=float, default=0.5, show_default=True,
+@click.option("--optim-level", type=OPT_FLOAT, default=None,
               help="0 = dense baseline; <0.3 INT8 only; 0.3..1.0 = 60%..95% sparsity + INT8; "
-                   "an integer 2..100 is a percent (50 = 0.5).")
+                   "an integer 2..100 is a percent (50 = 0.5). Default 0.5 (without --recipe).")
 @click.option("--epochs", type=OPT_INT, default=None, help="Training epochs (both models). Default per use case.")
 @click.option("--batch-size", type=OPT_INT, default=None, help="Training batch size. Default per use case.")
 @click.option("--lr", type=OPT_FLOAT, default=None, help="Initial learning rate (linear decay). Default per use case.")
@@ -75,8 +77,14 @@ def cli() -> None:
               help="MLproject's spelling of --no-register (true/false).")
 @click.option("--summary-json", default=None, help="Write a machine-readable summary to this path.")
 @click.option("--working-dir", default=".", show_default=True, help="Where the experiment folder and default store go.")
-@click.option("--benchmark-batch-size", type=int, default=16, show_default=True, help="Batch size of the throughput benchmark.")
-@click.option("--benchmark-iterations", type=int, default=30, show_default=True, help="Timed iterations per benchmark.")
+@click.option("--benchmark-batch-size", type=OPT_INT, default=None, help="Batch size of the throughput benchmark (default 16).")
+@click.option("--benchmark-iterations", type=OPT_INT, default=None,
+              help="Timed batches per model, engine and batch size, over all rounds (default 30).")
+@click.option("--benchmark-rounds", type=OPT_INT, default=None,
+              help="Alternating rounds of the benchmark session; a speedup is the median of the per-round "
+                   "ratios (default 5).")
+@click.option("--num-cores", type=OPT_INT, default=None,
+              help="Cores (threads) the inference engines use (default: every physical core available).")
 @click.option("--max-seq-length", type=OPT_INT, default=None,
               help="NLP: tokens per example; the exported ONNX has this fixed length (default 128).")
 @click.option("--text-column", default=None,
@@ -284,10 +292,13 @@ sweep.params.extend(p for p in training_aware.params
               help="Refuse if the version lost more points of the main metric than this (tag main_drop).")
 @click.option("--min-speedup", type=OPT_FLOAT, default=None,
               help="Refuse if its batch-1 speedup over the dense baseline is below this (tag speedup).")
+@click.option("--accept-unreliable-speedup", "accept_unreliable", type=TRISTATE_FLAG, default="false",
+              is_flag=False, flag_value="true",
+              help="Let --min-speedup pass a speedup whose benchmark session was marked unreliable (machine busy).")
 @click.option("--reason", default=None, help="Why: recorded on the version with who and when.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///./mlflow.db.")
 def promote(registered_model_name: str, version: str | None, alias: str | None, to: str,
-            max_metric_drop: float | None, min_speedup: float | None, reason: str | None,
+            max_metric_drop: float | None, min_speedup: float | None, accept_unreliable: str, reason: str | None,
             tracking_uri: str | None) -> None:
     """Move an alias (champion) to a version after checking its gates; the old holder stays previous-<alias>."""
     from pathlib import Path
@@ -298,7 +309,7 @@ def promote(registered_model_name: str, version: str | None, alias: str | None, 
 
     tracking.connect(tracking.resolve_tracking_uri(tracking_uri or None, Path(".").resolve()))
     done = run_promote(registered_model_name, to=to, version=version or None, alias=alias or None,
-                       gates=Gates(max_metric_drop, min_speedup), reason=reason)
+                       gates=Gates(max_metric_drop, min_speedup, accept_unreliable.lower() == "true"), reason=reason)
     if not done.changed:
         click.echo(f"{done.name} version {done.version} already is @{done.alias}; nothing changed")
         return
@@ -313,22 +324,30 @@ def promote(registered_model_name: str, version: str | None, alias: str | None, 
 @click.option("--batch-size", "batch_sizes", default="1,16", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--engine", type=click.Choice(["deepsparse", "onnxruntime", "both"]), default="deepsparse",
               show_default=True, help="Engine(s); DeepSparse falls back to ONNX Runtime where it cannot run.")
-@click.option("--iterations", type=int, default=30, show_default=True, help="Timed iterations per batch size.")
+@click.option("--iterations", type=int, default=30, show_default=True,
+              help="Timed batches per engine and batch size, over all rounds.")
+@click.option("--rounds", type=OPT_INT, default=None, help="Alternating rounds of the benchmark session (default 5).")
+@click.option("--num-cores", type=OPT_INT, default=None,
+              help="Cores (threads) the engines use (default: every physical core available).")
 @click.option("--experiment-name", default=None, help="MLflow experiment of the benchmark run (default sparsify-benchmarks).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///./mlflow.db.")
-def benchmark_command(model_uri: str, batch_sizes: str, engine: str, iterations: int,
-                      experiment_name: str | None, tracking_uri: str | None) -> None:
+def benchmark_command(model_uri: str, batch_sizes: str, engine: str, iterations: int, rounds: int | None,
+                      num_cores: int | None, experiment_name: str | None, tracking_uri: str | None) -> None:
     """Benchmark a registered model's ONNX file and log the figures to a run linked to that version."""
     from sparsify_mlflow.model_benchmark import DEFAULT_EXPERIMENT, benchmark_registered, parse_batch_sizes
     from sparsify_mlflow.report import print_table
+    from sparsify_mlflow.speed_session import DEFAULT_ROUNDS
 
     done = benchmark_registered(model_uri, batch_sizes=parse_batch_sizes(batch_sizes), engine=engine,
-                                iterations=iterations, tracking_uri=tracking_uri or None,
+                                iterations=iterations, rounds=rounds or DEFAULT_ROUNDS, num_cores=num_cores,
+                                tracking_uri=tracking_uri or None,
                                 experiment_name=experiment_name or DEFAULT_EXPERIMENT)
     print_table(f"{done.name} version {done.version} ({done.model_uri}; inputs: {done.input_source})",
                 ("engine / batch", "latency median (ms)", "p90 (ms)", "items/s"),
                 [(key, f"{r.latency_ms_median:.2f}", f"{r.latency_ms_p90:.2f}", f"{r.items_per_second:.1f}")
                  for key, r in done.results.items()])
+    if not done.reliability.reliable:
+        click.echo(f"warning: these figures are unreliable: {done.reliability.reason}")
     click.echo(f"Logged to run {done.run_id}; tagged on the version as benchmark_run_id")
 
 def _interrupt(signum: int, frame: object) -> None:

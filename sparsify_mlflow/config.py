@@ -18,6 +18,7 @@ from sparsify_mlflow.errors import ConfigError
 from sparsify_mlflow.levels import RecipeArgs
 
 DEFAULT_EXPERIMENT = "sparsify-training-aware"
+DEFAULT_LEVEL = 0.5
 DEVICES = ("auto", "cpu", "cuda")
 DEPLOY_ENGINES = ("deepsparse", "onnxruntime")
 TEACHER_OFF, TEACHER_SELF = "off", "self"   # --teacher: no distillation / the dense baseline teaches
@@ -51,7 +52,7 @@ class ExperimentConfig:
     use_case: str                      # canonical use-case name (aliases resolved)
     model: str | None = None           # None: the use case's default model
     data: str | None = None            # None: the use case's embedded default dataset
-    optim_level: float = 0.5
+    optim_level: float | None = 0.5   # None with --recipe: the file decides
     epochs: int | None = None          # None: the use case's default
     batch_size: int | None = None
     lr: float | None = None
@@ -67,7 +68,9 @@ class ExperimentConfig:
     summary_json: Path | None = None
     working_dir: Path = Path(".")
     benchmark_batch_size: int = 16
-    benchmark_iterations: int = 30
+    benchmark_iterations: int = 30     # timed batches per model, engine and batch size, over all rounds
+    benchmark_rounds: int = 5          # alternating rounds of the benchmark session (speedup = median ratio)
+    num_cores: int | None = None       # cores/threads the engines use; None: every physical core we may use
     # NLP use cases (ignored by the others)
     max_seq_length: int = 128          # tokens per example; the exported ONNX has this fixed length
     text_column: str | None = None     # None: auto-detected (text, sentence, sentence1/sentence2, ...)
@@ -164,10 +167,14 @@ def build_config(use_case: str, **options: Any) -> ExperimentConfig:
     canonical = usecases.resolve(use_case).name
 
     level = opts.get("optim_level")
-    opts["optim_level"] = parse_optim_level(0.5 if level is None else level, "--optim-level")
+    if level is not None and opts.get("recipe") is not None:
+        raise ConfigError("--optim-level and --recipe are both given: the recipe file decides sparsity and "
+                          "quantization; drop one of them")
+    opts["optim_level"] = None if opts.get("recipe") is not None else parse_optim_level(
+        DEFAULT_LEVEL if level is None else level, "--optim-level")
 
     for name in ("epochs", "batch_size", "image_size", "benchmark_batch_size", "benchmark_iterations",
-                 "max_seq_length", "doc_stride", "max_answer_length"):
+                 "benchmark_rounds", "num_cores", "max_seq_length", "doc_stride", "max_answer_length"):
         value = opts.get(name)
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -199,6 +206,9 @@ def build_config(use_case: str, **options: Any) -> ExperimentConfig:
         recipe = Path(recipe)
         if not recipe.is_file():
             raise ConfigError(f"--recipe file {recipe} does not exist")
+        from sparsify_mlflow.recipe_facts import read_recipe
+
+        read_recipe(recipe)  # a file sparseml cannot read fails here, before any run starts
         opts["recipe"] = recipe
     if opts.get("summary_json") is not None:
         opts["summary_json"] = Path(opts["summary_json"])
@@ -214,16 +224,20 @@ def build_config(use_case: str, **options: Any) -> ExperimentConfig:
     unknown = set(opts) - known
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return ExperimentConfig(use_case=canonical, **{k: v for k, v in opts.items() if v is not None})
+    return ExperimentConfig(use_case=canonical, **{k: v for k, v in opts.items() if v is not None or k == "optim_level"})
 
 
 def parse_optim_level(value: Any, option: str) -> float:
-    """A level in [0, 1], or an integer 2..100 read as percent (Sparsify's rule: 50 means 0.5)."""
+    """A level in [0, 1], or an integer 2..100 read as percent (Sparsify's rule: 50 means 0.5), said in
+    one line, since `--optim-level 2` meaning 2% (INT8 only) surprises."""
     try:
         level = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{option} must be a number in [0, 1] or a percent 1..100, got {value!r}") from None
     if 1.0 < level <= 100.0 and level.is_integer():
+        from sparsify_mlflow.levels import describe_level
+
+        print(f"note: {option} {level:g} read as {level:g}% = {level / 100:g}: {describe_level(level / 100)}")
         return level / 100.0
     if math.isnan(level) or not 0.0 <= level <= 1.0:
         raise ConfigError(f"{option} {level:g} is outside [0, 1] (or an integer percent 1..100)")

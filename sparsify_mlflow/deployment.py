@@ -16,6 +16,8 @@ import yaml
 
 from sparsify_mlflow.engines import cpu_info
 
+from sparsify_mlflow.speed_session import Reliability
+
 if TYPE_CHECKING:
     from sparsify_mlflow.experiment import ModelReport
     from sparsify_mlflow.levels import RecipePlan
@@ -36,6 +38,7 @@ class Handover:
     sparse: ModelReport
     comparison: dict[str, float]
     notes: list[str]
+    reliability: Reliability
 
 
 def write_deployment(folder: Path, use_case: UseCase, data: DataBundle, recipe: str, handover: Handover) -> Path:
@@ -60,6 +63,7 @@ def write_metrics(folder: Path, handover: Handover) -> Path:
     doc = {
         "main_metric": sparse.metrics.main_name,
         "optim_level": handover.plan.optim_level,
+        "recipe_source": handover.plan.source,
         "target_sparsity": handover.plan.target_sparsity,
         "dense": _plain(dense.flat_metrics()),
         "sparse": _plain(sparse.flat_metrics()),
@@ -91,11 +95,12 @@ def deployment_readme(h: Handover, files: list[str]) -> str:
         "## The model",
         "",
         f"- target sparsity {plan.target_sparsity:.0%}, measured on the exported weights "
-        f"{sparse.exported.weight_sparsity:.1%}; INT8 quantization: {'yes' if plan.quantize else 'no'}",
+        f"{sparse.exported.weight_sparsity:.1%}; INT8 quantization: {'yes' if sparse.exported.quantized else 'no'} "
+        f"(read from the graph)",
         f"- {main}: {sparse.metrics.main:.4f} in PyTorch, {sparse.onnx_metrics.main:.4f} for this file on "
-        f"{sparse.onnx_engine}; the dense baseline had {dense.metrics.main:.4f} "
-        f"({h.comparison['main_drop']:+.2f} points drop)",
-        f"- size {sparse.exported.size_bytes / 1e6:.2f} MB ({sparse.exported.gzip_size_bytes / 1e6:.2f} MB gzipped)",
+        f"{sparse.onnx_engine}; the dense baseline had {dense.onnx_metrics.main:.4f} "
+        f"({h.comparison['main_drop']:+.2f} points drop on the exported files)",
+        f"- size {sparse.exported.size_bytes / 2**20:.2f} MiB ({sparse.exported.gzip_size_bytes / 2**20:.2f} MiB gzipped)",
         "",
         "## Inputs and outputs",
         "",
@@ -138,6 +143,13 @@ def deployment_readme(h: Handover, files: list[str]) -> str:
         "|---|---|---|---|---|---|",
         *[f"| {side.role} | {r.engine} | {r.batch_size} | {r.latency_ms_median:.2f} | {r.latency_ms_p90:.2f} | "
           f"{r.items_per_second:.1f} |" for side in (dense, sparse) for r in side.benchmarks.values()],
+        "",
+        "Both models were timed in one session, in alternating rounds; speedups (median [min-max] of the "
+        "per-round ratios, same engine on both sides): "
+        + ", ".join(f"{name.removeprefix('speedup.')} {value:.2f}x [{h.comparison[name + '.min']:.2f}-"
+                    f"{h.comparison[name + '.max']:.2f}]" for name, value in h.comparison.items()
+                    if name.startswith("speedup.") and not name.endswith((".min", ".max"))) + ".",
+        *([] if h.reliability.reliable else ["", f"**Unreliable**: {h.reliability.reason}."]),
     ]
     if h.notes:
         lines += ["", "Notes:", *[f"- {note}" for note in h.notes]]

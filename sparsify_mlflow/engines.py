@@ -163,17 +163,18 @@ def probe_deepsparse(path: Path, batch_sizes: Sequence[int], num_cores: int | No
     return verdicts
 
 
-def plan_benchmarks(path: Path, engines: Sequence[str], batch_sizes: Sequence[int]
+def plan_benchmarks(path: Path, engines: Sequence[str], batch_sizes: Sequence[int], num_cores: int | None = None
                     ) -> tuple[list[tuple[str, int]], set[int], list[str]]:
     """(engine, batch size) pairs to measure, the batch sizes DeepSparse compiles safely, notes.
 
     DeepSparse is used wherever it is installed, supports the CPU and compiles the file at that
-    batch size (probed in a child process); elsewhere ONNX Runtime takes over, with a note.
+    batch size (probed in a child process, once per file, size and cores); elsewhere ONNX Runtime
+    takes over, with a note.
     """
     notes: list[str] = []
     safe: set[int] = set()
     if "deepsparse" in engines and deepsparse_status()[0]:
-        for bs, why in probe_deepsparse(path, batch_sizes).items():
+        for bs, why in _probe_once(Path(path), batch_sizes, num_cores).items():
             if why is None:
                 safe.add(bs)
             else:
@@ -186,6 +187,22 @@ def plan_benchmarks(path: Path, engines: Sequence[str], batch_sizes: Sequence[in
             if (actual, bs) not in plan:
                 plan.append((actual, bs))
     return plan, safe, notes
+
+
+_PROBED: dict[tuple[str, int, int, int, int], str | None] = {}
+
+
+def _probe_once(path: Path, batch_sizes: Sequence[int], num_cores: int | None) -> dict[int, str | None]:
+    """probe_deepsparse, remembered for this process: the ONNX check and the benchmark session ask
+    about the same file (identified by path, size and modification time)."""
+    stat = path.stat()
+    cores = int(num_cores) if num_cores else _physical_cores()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, cores)
+    missing = [bs for bs in dict.fromkeys(batch_sizes) if (*key, bs) not in _PROBED]
+    if missing:
+        for bs, why in probe_deepsparse(path, missing, cores).items():
+            _PROBED[(*key, bs)] = why
+    return {bs: _PROBED[(*key, bs)] for bs in dict.fromkeys(batch_sizes)}
 
 
 _DIAGNOSE_SCRIPT = """

@@ -8,24 +8,27 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import mlflow
 import torch
+from mlflow.tracking import MlflowClient
 from torch import nn
 
 from sparsify_mlflow import distributed, run_logging, stages, tracking, usecases
-from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
+from sparsify_mlflow.benchmark import BenchmarkResult
 from sparsify_mlflow.checkpoint import CHECKPOINT_NAME, Checkpoint, save_atomically
-from sparsify_mlflow.config import TEACHER_SELF, ExperimentConfig
+from sparsify_mlflow.config import DEFAULT_LEVEL, TEACHER_SELF, ExperimentConfig
 from sparsify_mlflow.deployment import Handover, write_deployment, write_metrics
 from sparsify_mlflow.engines import load_engine, plan_benchmarks, predict_batches
 from sparsify_mlflow.export import ExportedModel, export_onnx
 from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
-from sparsify_mlflow.resume import CONFIG_ARTIFACT, FOLDER_TAG, RESUMED_TAG, ResumePoint, mark_alive
+from sparsify_mlflow.resume import CONFIG_ARTIFACT, FOLDER_TAG, RESUMED_TAG, ResumePoint, mark_alive, stage_key
+from sparsify_mlflow.recipe_facts import check_qat_steps, plan_from_recipe, recipe_facts
 from sparsify_mlflow.registry import CANDIDATE_ALIAS, RegisteredVersion, register_onnx, register_pyfunc
+from sparsify_mlflow.speed_session import Reliability, SessionResult, plan_session, run_session
 from sparsify_mlflow.training import (
     EpochStats,
     TrainResult,
@@ -87,6 +90,7 @@ class ExperimentResult:
     comparison: dict[str, float]
     experiment_dir: Path
     deployment_dir: Path
+    reliability: Reliability
     registered: RegisteredVersion | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -97,7 +101,7 @@ def run_training_aware(cfg: ExperimentConfig, resume: ResumePoint | None = None)
     folder = make_folder(resume.folder) if resume else _experiment_folder(cfg, use_case)
     clock = stages.start()  # stage_seconds.* metrics + timing/stages.json (benchmarks/ reads them)
     with tracking.kept_locally(folder), tracking.run(
-            f"{use_case.name}-{Path(cfg.model).stem}-L{cfg.optim_level:g}", experiment_id=experiment_id,
+            f"{use_case.name}-{Path(cfg.model).stem}-{run_suffix(cfg)}", experiment_id=experiment_id,
             tags={"sparsify.use_case": use_case.name}, run_id=resume.parent_run_id if resume else None) as parent:
         if resume is None:  # a resumed run keeps the params (and config) it was started with
             tracking.log_params(cfg.as_params())
@@ -129,7 +133,13 @@ class Session:
     experiment_id: str
     tracking_uri: str
     notes: list[str]
+    teacher: nn.Module | None = None   # a named --teacher, loaded and checked in prepare()
     resume: ResumePoint | None = None  # --resume: the stopped experiment's runs and checkpoints
+
+
+def run_suffix(cfg: ExperimentConfig) -> str:
+    """L0.5 for a level, the file's stem for --recipe: what the run name says was trained."""
+    return f"L{cfg.optim_level:g}" if cfg.recipe is None else f"recipe-{cfg.recipe.stem}"
 
 
 def open_store(cfg: ExperimentConfig) -> tuple[ExperimentConfig, UseCase, str, str]:
@@ -156,16 +166,23 @@ def prepare(cfg: ExperimentConfig, use_case: UseCase, experiment_id: str, tracki
     print(f"Training on {device} (--device {cfg.device}); benchmarks run on the CPU.")
     mlflow.set_tags({"sparsify.device": str(device), "sparsify.deploy_engine": cfg.deploy_engine})
     notes = run_logging.engine_notes() if cfg.deploy_engine == "deepsparse" else []
-    return Session(cfg, use_case, data, model, scope, device, experiment_id, tracking_uri, notes)
+    teacher = _external_teacher(cfg, use_case, data)
+    return Session(cfg, use_case, data, model, scope, device, experiment_id, tracking_uri, notes, teacher)
 
 
 def plan_level(session: Session, cfg: ExperimentConfig) -> tuple[RecipePlan, str]:
-    """The level's recipe plan and YAML (the user's --recipe if given), logged to the active run."""
+    """The level's recipe plan and YAML, logged to the active run. With --recipe, the YAML is the
+    user's file and the plan describes it (its sparsity per parameter group, whether it quantizes)."""
     distillation = Distillation(cfg.distill_hardness, cfg.distill_temperature) if cfg.distill else None
-    plan = plan_recipe(cfg.optim_level, cfg.epochs, session.scope, cfg.lr, distillation=distillation,
-                       args=cfg.recipe_args)
-    tracking.log_params(plan.summary())
+    level = DEFAULT_LEVEL if cfg.optim_level is None else cfg.optim_level
+    plan = plan_recipe(level, cfg.epochs, session.scope, cfg.lr, distillation=distillation, args=cfg.recipe_args)
     recipe = cfg.recipe.read_text() if cfg.recipe else recipe_yaml(plan)
+    facts = recipe_facts(recipe, f"--recipe {cfg.recipe}" if cfg.recipe else "the derived recipe",
+                         cfg.recipe.name if cfg.recipe else "the derived recipe")
+    check_qat_steps(facts, len(session.data.train), cfg.batch_size, facts.epochs)
+    if cfg.recipe is not None:
+        plan = plan_from_recipe(facts, plan)
+    tracking.log_params(plan.summary())
     mlflow.log_text(recipe, "recipe.yaml")
     return plan, recipe
 
@@ -179,23 +196,83 @@ def train_dense_baseline(session: Session, folder: Path) -> _Trained:
 
 def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan: RecipePlan, recipe: str,
                  folder: Path, run_id: str, alias: str | None = CANDIDATE_ALIAS) -> ExperimentResult:
-    """In the active run (`run_id`): train the level's model from the dense baseline, compare both,
-    log figures and the experiment folder, write the deployment folder, register (with `alias`)."""
+    """In the active run (`run_id`): train the level's model from the dense baseline, time both in one
+    benchmark session, compare, log, write the deployment folder, register (with `alias`)."""
+    sparse = train_level(session, cfg, dense, recipe, folder)
+    speed = measure_speed(session, dense.report, {SPARSE_LABEL: sparse.report})
+    return conclude_level(session, cfg, dense, sparse, plan, recipe, folder, run_id, speed, SPARSE_LABEL, alias)
+
+
+SPARSE_LABEL = "sparse"  # the training-aware model's name in a single experiment's benchmark session
+
+
+def train_level(session: Session, cfg: ExperimentConfig, dense: _Trained, recipe: str, folder: Path) -> _Trained:
+    """The level's training-aware model, exported and checked (the dense baseline itself at level 0)."""
+    if cfg.optim_level == 0 and cfg.recipe is None:
+        return dense  # level 0: the input model (fine-tuned) is the result
+    return _training_aware(session, cfg, dense.model, recipe, folder)
+
+
+def measure_speed(session: Session, dense: ModelReport, candidates: dict[str, ModelReport]) -> SessionResult:
+    """The dense baseline and every candidate in one interleaved benchmark session on the deploy engine
+    (the dense one also on ONNX Runtime, the reference); the figures go to each model's report and run."""
+    cfg = session.cfg
+    files = {"dense": dense.exported.path} | {label: rep.exported.path for label, rep in candidates.items()
+                                              if rep is not dense}
+    engines = {label: (cfg.deploy_engine,) for label in files}
+    with stages.stage("benchmark"):  # the DeepSparse probe compiles in a child process
+        entrants, notes = plan_session(files, engines, (1, cfg.benchmark_batch_size), reference="dense",
+                                       num_cores=cfg.num_cores)
+        for note in notes:
+            print(f"note: {note}")
+        print(f"Benchmarking {', '.join(files)} in one session: {cfg.benchmark_rounds} alternating rounds "
+              f"at batch sizes 1 and {cfg.benchmark_batch_size}...")
+        speed = run_session(entrants, session.use_case.sample_inputs(session.data, cfg.benchmark_batch_size),
+                            iterations=cfg.benchmark_iterations, rounds=cfg.benchmark_rounds,
+                            num_cores=cfg.num_cores, notes=notes)
+    for label, rep in candidates.items():
+        if rep is dense:  # level 0: the dense file is the candidate
+            speed.measurements[label] = speed.measurements["dense"]
+    timed = {"dense": dense} | {label: rep for label, rep in candidates.items() if rep is not dense}
+    for label, rep in timed.items():
+        rep.benchmarks = speed.results(label)
+        name = f"{rep.exported.path.parent.name}/{rep.exported.path.name}"
+        _log_benchmarks(rep, speed, label, [note for note in notes if name in note])
+    return speed
+
+
+def _log_benchmarks(rep: ModelReport, speed: SessionResult, label: str, notes: list[str]) -> None:
+    """A model's session figures on its own run: the whole-session figures, each round's median as steps."""
+    metrics: dict[str, float] = {}
+    for key, result in rep.benchmarks.items():
+        metrics.update(result.as_metrics(key))
+        for step, ms in enumerate(speed.measurements[label][key].round_ms):
+            tracking.log_metrics({f"{key}.round_latency_ms": ms}, step=step, run_id=rep.run_id)
+    tracking.log_metrics(metrics, run_id=rep.run_id)
+    rep.notes += notes
+    if notes:
+        MlflowClient().set_tag(rep.run_id, "sparsify.engine_fallback", "; ".join(notes)[:5000])
+    rep.notes += run_logging.supported_ops_warning(rep.exported.path, rep.role, rep.benchmarks, rep.run_id)
+
+
+def conclude_level(session: Session, cfg: ExperimentConfig, dense: _Trained, sparse: _Trained, plan: RecipePlan,
+                   recipe: str, folder: Path, run_id: str, speed: SessionResult, label: str,
+                   alias: str | None = CANDIDATE_ALIAS) -> ExperimentResult:
+    """In the active run: the comparison from the session, figures, deployment folder, registration."""
     use_case, data, scope = session.use_case, session.data, session.scope
     notes = list(session.notes)
-    if cfg.optim_level == 0 and cfg.recipe is None:
-        sparse = dense  # level 0: the input model (fine-tuned) is the result
+    if sparse is dense:
         notes.append("optim level 0: no sparsification; the dense baseline is the result")
-    else:
-        sparse = _training_aware(cfg, use_case, data, dense.model, scope, recipe, session.device, folder,
-                                 session.resume)
-    comparison = _compare(dense.report, sparse.report)
+    comparison, reliability = compare(dense.report, sparse.report, speed, label)
     tracking.log_metrics(comparison)
+    mlflow.set_tags(reliability.tags())
+    if not reliability.reliable:
+        print(f"warning: speedups unreliable: {reliability.reason}")
     for role, side in (("dense", dense.report), ("sparse", sparse.report)):
         tracking.log_metrics({f"{role}.{k}": v for k, v in side.flat_metrics().items()})
     notes += dense.report.notes + (sparse.report.notes if sparse is not dense else [])
-    handover = Handover(f"{use_case.name} {Path(cfg.model).stem}, optim level {cfg.optim_level:g}", run_id, plan,
-                        dense.report, sparse.report, comparison, notes)
+    handover = Handover(f"{use_case.name} {Path(cfg.model).stem}, {plan.label}", run_id, plan,
+                        dense.report, sparse.report, comparison, notes, reliability)
     with stages.stage("tracking"):
         run_logging.log_figures(dense.report, sparse.report, plan, scope, use_case)
         run_logging.log_prediction_figures(use_case, data, dense.model, sparse.model)
@@ -203,7 +280,7 @@ def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan:
         write_metrics(folder, handover)
         mlflow.log_artifacts(str(folder), artifact_path="experiment")  # the folder as written, nothing else
     result = ExperimentResult(cfg, run_id, session.experiment_id, session.tracking_uri, plan,
-                              dense.report, sparse.report, comparison, folder, deployment, notes=notes)
+                              dense.report, sparse.report, comparison, folder, deployment, reliability, notes=notes)
     if cfg.register:
         with stages.stage("registration"):
             result.registered = _register(cfg, use_case, data, result, recipe, alias)
@@ -257,25 +334,25 @@ def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
         mlflow.log_artifact(str(work / "model.pt"), "checkpoint")
         tracking.log_json([asdict(h) for h in history], "history.json")
         report_ = _finish_model(cfg, use_case, data, model, scope, "dense", child.info.run_id,
-                                history, seconds, work, engines=benchmark_engines(cfg.deploy_engine, "dense"))
+                                history, seconds, work)
         report_.reused_from_run = None if own else cached
         mlflow.set_tag(BASELINE_KEY_TAG, key)  # only now: a failed run must not be found as a cache
     return _Trained(report_, model)
 
 
-def _training_aware(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, dense_model: nn.Module,
-                    scope: PruningScope, recipe: str, device: torch.device, folder: Path,
-                    resume: ResumePoint | None = None) -> _Trained:
+def _training_aware(session: Session, cfg: ExperimentConfig, dense_model: nn.Module, recipe: str,
+                    folder: Path) -> _Trained:
     """Prune and quantize, starting from the fine-tuned dense baseline (GMP prunes a trained model).
 
     Resumed: the same child run continues from its checkpoint (the recipe restarts at its epoch).
     """
+    use_case, data, scope, device, resume = session.use_case, session.data, session.scope, session.device, session.resume
     model = copy.deepcopy(dense_model)
     work = folder / "training_artifacts" / "sparse"
     run_id = resume.child("sparse")[0] if resume else None
     with tracking.run("training-aware", nested=True, tags={"sparsify.role": "sparse"}, run_id=run_id) as child:
         mlflow.log_text(recipe, "recipe.yaml")
-        teacher = _teacher(cfg, use_case, data, dense_model)
+        teacher = _teacher(session, dense_model)
         with stages.stage("training_aware_training"):
             model, result = _train(cfg, model, use_case, data, recipe, scope, device, folder, "sparse", teacher,
                                    resume_from=resume.checkpoints.get("sparse") if resume else None)
@@ -283,8 +360,7 @@ def _training_aware(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, 
         save_atomically(model.state_dict(), work / "model.pt")
         tracking.log_json([asdict(h) for h in result.history], "history.json")
         report_ = _finish_model(cfg, use_case, data, model, scope, "sparse", child.info.run_id,
-                                result.history, result.seconds, work,
-                                engines=benchmark_engines(cfg.deploy_engine, "sparse"))
+                                result.history, result.seconds, work)
     return _Trained(report_, model)
 
 
@@ -309,6 +385,7 @@ def _train(cfg: ExperimentConfig, model: nn.Module, use_case: UseCase, data: Dat
         desc=role, on_epoch=run_logging.log_epoch, log_dir=folder / "logs", teacher=teacher,
         main_metric=cfg.eval_metric, kwargs=cfg.train_kwargs, on_retry=run_logging.log_oom_retry,
         resume_from=resume_from, checkpoint_path=folder / "training_artifacts" / role / CHECKPOINT_NAME,
+        checkpoint_key=stage_key(cfg, role),
         on_checkpoint=run_logging.log_checkpoint)
     # Done: the run keeps the logged copy (what --resume falls back to); the folder, logged whole
     # to the parent as experiment/, should not carry a second one.
@@ -323,21 +400,29 @@ def dist_backend() -> str:
     return str(dist.get_backend())
 
 
-def _teacher(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, dense_model: nn.Module) -> nn.Module | None:
-    """--teacher: none (off), the dense baseline (self), or a named model loaded with its weights."""
-    if not cfg.distill:
+def _teacher(session: Session, dense_model: nn.Module) -> nn.Module | None:
+    """--teacher: none (off), the dense baseline (self), or the named model prepare() loaded and checked."""
+    if not session.cfg.distill:
         return None
-    if cfg.teacher == TEACHER_SELF:
-        return dense_model
-    teacher, facts = use_case.create_model(replace(cfg, model=cfg.teacher), len(data.label_names), pretrained=True)
+    return dense_model if session.cfg.teacher == TEACHER_SELF else session.teacher
+
+
+def _external_teacher(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle) -> nn.Module | None:
+    """A named --teacher, loaded and checked against the data (labels, vocabulary) before any training."""
+    if not cfg.distill or cfg.teacher == TEACHER_SELF:
+        return None
+    teacher, facts = use_case.load_teacher(cfg.teacher, data)
     tracking.log_params({f"teacher.{k}": v for k, v in facts.items()})
     return teacher.eval()
 
 
 def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, model: nn.Module,
                   scope: PruningScope, role: str, run_id: str, history: list[EpochStats], seconds: float,
-                  work: Path, engines: tuple[str, ...]) -> ModelReport:
-    """Evaluate in PyTorch, export, check the ONNX file on the engine, benchmark; log it all."""
+                  work: Path) -> ModelReport:
+    """Evaluate in PyTorch, export, check the ONNX file on the deploy engine; log it all.
+
+    The timing comes later, in one benchmark session with the model it is compared with (measure_speed).
+    """
     with stages.stage("evaluate"):
         metrics = use_case.evaluate(torch_predictor(model, torch.device("cpu")), data, cfg.batch_size
                                     ).with_main(cfg.eval_metric)
@@ -347,29 +432,14 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
     with stages.stage("export"):
         exported = export_onnx(model, tuple(torch.from_numpy(x) for x in sample), work,
                                input_names=input_names, output_names=output_names)
-    with stages.stage("benchmark"):  # the DeepSparse probe compiles in a child process
-        settings, (check_engine, check_bs), notes = _engine_settings(
-            exported.path, engines, (1, cfg.benchmark_batch_size))
-    with stages.stage("evaluate"):
-        engine = load_engine(exported.path, check_engine, batch_size=check_bs)
+    with stages.stage("evaluate"):  # the DeepSparse probe compiles in a child process
+        check_engine, check_bs = _check_engine(exported.path, cfg)
+        engine = load_engine(exported.path, check_engine, batch_size=check_bs, num_cores=cfg.num_cores)
         onnx_metrics = use_case.evaluate(lambda xs: predict_batches(engine, xs), data, check_bs
                                          ).with_main(cfg.eval_metric)
         del engine
-    rows = use_case.sample_inputs(data, cfg.benchmark_batch_size)
-    benchmarks: dict[str, BenchmarkResult] = {}
-    for name, bs in settings:
-        print(f"Benchmarking the {role} model on {name}, batch size {bs}...")
-        with stages.stage("benchmark"):
-            benchmarks[f"{name}.bs{bs}"] = benchmark(exported.path, rows, engine=name, batch_size=bs,
-                                                    iterations=cfg.benchmark_iterations,
-                                                    warmup_iterations=max(3, cfg.benchmark_iterations // 5))
-    rep = ModelReport(role, run_id, metrics, onnx_metrics, check_engine, exported, benchmarks, history,
-                      per_layer, sparsity, seconds, notes=notes)
-    for note in notes:
-        print(f"note: {note}")
-    if notes:
-        mlflow.set_tag("sparsify.engine_fallback", "; ".join(notes)[:5000])
-    rep.notes += run_logging.supported_ops_warning(exported.path, role, benchmarks)
+    rep = ModelReport(role, run_id, metrics, onnx_metrics, check_engine, exported, {}, history,
+                      per_layer, sparsity, seconds)
     tracking.log_metrics(rep.flat_metrics())
     tracking.log_rows(run_logging.sparsity_rows(per_layer, scope), "sparsity_per_layer.json")
     for table, rows_ in metrics.tables.items():
@@ -378,41 +448,70 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
     return rep
 
 
-def benchmark_engines(deploy_engine: str, role: str) -> tuple[str, ...]:
-    """The deploy engine measures both models; ONNX Runtime also measures the dense one, as the reference."""
-    return tuple(dict.fromkeys((deploy_engine, "onnxruntime"))) if role == "dense" else (deploy_engine,)
+def _check_engine(path: Path, cfg: ExperimentConfig) -> tuple[str, int]:
+    """The engine (and batch size) that checks the exported file's metric: the deploy engine where it
+    compiles the file (DeepSparse at the largest safe benchmark batch size), else ONNX Runtime."""
+    batch_sizes = (1, cfg.benchmark_batch_size)
+    _, safe, _ = plan_benchmarks(path, (cfg.deploy_engine,), batch_sizes, cfg.num_cores)
+    return ("deepsparse", max(safe)) if safe else ("onnxruntime", batch_sizes[-1])
 
 
-def _engine_settings(path: Path, engines: tuple[str, ...], batch_sizes: tuple[int, ...]
-                     ) -> tuple[list[tuple[str, int]], tuple[str, int], list[str]]:
-    """Which (engine, batch size) pairs to benchmark, which one checks the ONNX metric, and notes."""
-    settings, safe, notes = plan_benchmarks(path, engines, batch_sizes)
-    check = ("deepsparse", max(safe)) if safe else ("onnxruntime", batch_sizes[-1])
-    return settings, check, notes
+def compare(dense: ModelReport, sparse: ModelReport, speed: SessionResult, label: str
+            ) -> tuple[dict[str, float], Reliability]:
+    """The comparison a run logs and the gates read.
+
+    `main_drop` is measured on what ships: the exported files on the deploy engine (`onnx.*`); the
+    PyTorch figure stays beside it as `main_drop_pytorch`. Each speedup is the median over the
+    session's rounds of (dense latency / sparse latency) in that round, with its min and max.
+    """
+    out = {"main_drop": round(100 * (dense.onnx_metrics.main - sparse.onnx_metrics.main), 4),
+           "main_drop_pytorch": round(100 * (dense.metrics.main - sparse.metrics.main), 4)}
+    ratios = speed.speedups("dense", label)
+    for name, ratio in ratios.items():
+        out.update(ratio.as_metrics(name))
+    out.update(speed.load.as_metrics())
+    return out, speed.reliability(ratios)
 
 
-def _compare(dense: ModelReport, sparse: ModelReport) -> dict[str, float]:
-    """Drop in the main metric (points) and speedups at matching settings."""
-    out = {"main_drop": round(100 * (dense.metrics.main - sparse.metrics.main), 4)}
-    for key, result in sparse.benchmarks.items():
-        if key in dense.benchmarks:
-            out[f"speedup.{key}"] = result.items_per_second / dense.benchmarks[key].items_per_second
-        ort = dense.benchmarks.get("onnxruntime." + key.split(".", 1)[1])
-        if ort is not None:
-            out[f"speedup_vs_onnxruntime.{key}"] = result.items_per_second / ort.items_per_second
-    return out
+def headline_speedup(comparison: dict[str, float], engine: str, batch_size: int) -> tuple[str, float] | None:
+    """(engine, ratio) of the same-engine speedup at `batch_size`: the deploy engine's, else ONNX Runtime's
+    (where DeepSparse could not compile a file, both models were timed there)."""
+    for name in (engine, "onnxruntime"):
+        value = comparison.get(f"speedup.{name}.bs{batch_size}")
+        if value is not None:
+            return name, value
+    return None
 
 
 def _baseline_key(cfg: ExperimentConfig, data: DataBundle) -> str:
-    """What makes two dense baselines the same: model, data, schedule and seed."""
+    """What makes two dense baselines the same: model (its content, for a local file or folder), data,
+    schedule, seed and the number of training processes (DDP changes the per-rank batches)."""
     fields = {
         "v": BASELINE_CACHE_VERSION, "use_case": cfg.use_case, "model": cfg.model, "pretrained": cfg.pretrained,
         "data": data.fingerprint, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "seed": cfg.seed, "image_size": cfg.image_size,
     }
-    if cfg.train_kwargs.given():  # only when set, so caches of runs without --train-kwargs stay valid
+    # Only when they apply, so the caches of runs without them stay valid.
+    if cfg.train_kwargs.given():
         fields["train_kwargs"] = cfg.train_kwargs.given()
+    if Path(cfg.model).expanduser().exists():  # overwritten in place, the same path is another model
+        fields["model_sha256"] = content_hash(Path(cfg.model).expanduser())
+    ctx = distributed.current()
+    if ctx is not None and ctx.world_size > 1:
+        fields["world_size"] = ctx.world_size
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over a file, or over a folder's files (relative names and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path if path.is_dir() else path.parent)).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _history_from_json(text: str, main_metric: str | None) -> list[EpochStats]:
@@ -422,30 +521,14 @@ def _history_from_json(text: str, main_metric: str | None) -> list[EpochStats]:
 def _register(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result: ExperimentResult,
               recipe: str, alias: str | None = CANDIDATE_ALIAS) -> RegisteredVersion:
     """Register the sparse ONNX model in its own run, tagged with what a reviewer compares."""
-    sparse, dense = result.sparse, result.dense
+    sparse = result.sparse
     input_names, output_names = use_case.io_names(data)
     inputs = dict(zip(input_names, use_case.sample_inputs(data, 2)))
     engine = load_engine(sparse.exported.path, "onnxruntime", batch_size=2)
     outputs = dict(zip(output_names, engine.run(list(inputs.values()))))
     name = cfg.registered_model_name or f"{use_case.name}-{Path(cfg.model).stem}"
-    speedup = result.comparison.get(f"speedup.{sparse.onnx_engine}.bs1", 1.0)
-    main = sparse.metrics.main_name
-    tags = {
-        "use_case": use_case.name, "model": cfg.model, "optim_level": f"{cfg.optim_level:g}",
-        "target_sparsity": f"{result.plan.target_sparsity:g}", "sparsity": f"{sparse.exported.weight_sparsity:.4f}",
-        "main_metric": main, main: f"{sparse.metrics.main:.4f}", "main_drop": f"{result.comparison['main_drop']:.2f}",
-        "speedup": f"{speedup:.2f}", "engine": sparse.onnx_engine,
-        "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest()[:16], "data_fingerprint": data.fingerprint,
-        "parent_run_id": result.parent_run_id,
-    }
-    description = (
-        f"{use_case.name} {cfg.model} at optim level {cfg.optim_level:g}: "
-        f"{sparse.exported.weight_sparsity:.1%} sparse{' + INT8' if result.plan.quantize else ''}; "
-        f"{main} {sparse.metrics.main:.4f} vs dense {dense.metrics.main:.4f} "
-        f"({result.comparison['main_drop']:+.2f} points drop); {sparse.onnx_engine} batch-1 latency "
-        f"{sparse.benchmarks[f'{sparse.onnx_engine}.bs1'].latency_ms_median:.2f} ms vs dense "
-        f"{dense.benchmarks[f'{sparse.onnx_engine}.bs1'].latency_ms_median:.2f} ms ({speedup:.2f}x)."
-    )
+    tags = registry_tags(cfg, use_case, data, result, recipe)
+    description = _description(cfg, use_case, result)
     with mlflow.start_run(run_id=sparse.run_id, nested=True):
         serving = getattr(use_case, "serving_model", None)  # raw inputs in (text): a pyfunc around the ONNX
         if serving is not None:
@@ -453,6 +536,48 @@ def _register(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result
                                    **serving(data, result.deployment_dir))
         return register_onnx(sparse.exported.path, name, example_inputs=inputs, example_outputs=outputs,
                              tags=tags, description=description, alias=alias)
+
+
+def registry_tags(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result: ExperimentResult,
+                  recipe: str) -> dict[str, str]:
+    """What a reviewer compares and the promotion gates read, all about the file that is registered:
+    its metric on the deploy engine, its measured sparsity and INT8, the session's same-engine speedups."""
+    sparse, comparison, plan = result.sparse, result.comparison, result.plan
+    main = sparse.metrics.main_name
+    tags = {
+        "use_case": use_case.name, "model": cfg.model, "recipe_source": plan.source,
+        "optim_level": "" if plan.optim_level is None else f"{plan.optim_level:g}",
+        "target_sparsity": f"{plan.target_sparsity:g}", "sparsity": f"{sparse.exported.weight_sparsity:.4f}",
+        "int8": str(sparse.exported.quantized).lower(),
+        "main_metric": main, main: f"{sparse.onnx_metrics.main:.4f}", f"{main}_pytorch": f"{sparse.metrics.main:.4f}",
+        "main_drop": f"{comparison['main_drop']:.2f}", "main_drop_pytorch": f"{comparison['main_drop_pytorch']:.2f}",
+        "engine": sparse.onnx_engine, "benchmark_reliable": str(result.reliability.reliable).lower(),
+        "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest()[:16], "data_fingerprint": data.fingerprint,
+        "parent_run_id": result.parent_run_id,
+    }
+    if not result.reliability.reliable:
+        tags["benchmark_load"] = result.reliability.reason[:5000]
+    for bs, tag in ((1, "speedup"), (cfg.benchmark_batch_size, f"speedup_bs{cfg.benchmark_batch_size}")):
+        headline = headline_speedup(comparison, cfg.deploy_engine, bs)
+        if headline is not None:
+            tags[tag], tags[f"{tag}_engine"] = f"{headline[1]:.2f}", headline[0]
+    return tags
+
+
+def _description(cfg: ExperimentConfig, use_case: UseCase, result: ExperimentResult) -> str:
+    sparse, dense, comparison = result.sparse, result.dense, result.comparison
+    main = sparse.metrics.main_name
+    text = (f"{use_case.name} {cfg.model}, {result.plan.label}: {sparse.exported.weight_sparsity:.1%} sparse"
+            f"{' + INT8' if sparse.exported.quantized else ''}; {main} {sparse.onnx_metrics.main:.4f} vs dense "
+            f"{dense.onnx_metrics.main:.4f} on {sparse.onnx_engine} ({comparison['main_drop']:+.2f} points drop)")
+    headline = headline_speedup(comparison, cfg.deploy_engine, 1)
+    if headline is not None:
+        engine, ratio = headline
+        text += (f"; {engine} batch-1 latency {sparse.benchmarks[f'{engine}.bs1'].latency_ms_median:.2f} ms vs dense "
+                 f"{dense.benchmarks[f'{engine}.bs1'].latency_ms_median:.2f} ms ({ratio:.2f}x, median of "
+                 f"{result.config.benchmark_rounds} interleaved rounds"
+                 f"{'' if result.reliability.reliable else '; UNRELIABLE: ' + result.reliability.reason})")
+    return text + "."
 
 
 def _experiment_folder(cfg: ExperimentConfig, use_case: UseCase) -> Path:

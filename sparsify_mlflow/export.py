@@ -22,7 +22,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-__all__ = ["ExportError", "ExportedModel", "export_onnx", "onnx_weight_sparsity"]
+__all__ = ["ExportError", "ExportedModel", "export_onnx", "is_quantized", "onnx_weight_sparsity"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class ExportedModel:
     gzip_size_bytes: int  # gzip (level 6) of the same bytes: what sparsity buys on disk
     weight_sparsity: float  # zeros / elements over all Conv/Gemm/MatMul(-Integer) weights
     layer_sparsity: dict[str, float]  # weight initializer name -> fraction of zeros
+    quantized: bool = False  # the graph holds INT8 ops (QuantizeLinear, ConvInteger, ...): what "INT8" means
 
 
 def export_onnx(
@@ -107,7 +108,17 @@ def export_onnx(
         gzip_size_bytes=_gzip_size(files),
         weight_sparsity=overall,
         layer_sparsity=layers,
+        quantized=is_quantized(proto),
     )
+
+
+INT8_OPS = frozenset({"QuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"})
+
+
+def is_quantized(proto: onnx.ModelProto) -> bool:
+    """Whether the graph computes in INT8: the file, not the recipe, says whether a model is INT8
+    (a QAT phase that saw no optimizer step leaves an FP32 graph)."""
+    return any(node.op_type in INT8_OPS for node in proto.graph.node)
 
 
 def onnx_weight_sparsity(path: Path) -> tuple[float, dict[str, float]]:

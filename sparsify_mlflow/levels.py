@@ -58,6 +58,14 @@ def target_sparsity(optim_level: float) -> float:
     return round(MIN_SPARSITY + frac * (MAX_SPARSITY - MIN_SPARSITY), 4)
 
 
+def describe_level(optim_level: float) -> str:
+    """What a level does, in words: "INT8 only, no pruning" or "70% sparsity + INT8"."""
+    sparsity = target_sparsity(optim_level)
+    if not quantizes(optim_level):
+        return "no sparsification (the dense baseline)"
+    return "INT8 only, no pruning" if sparsity == 0 else f"{sparsity:.0%} sparsity + INT8"
+
+
 def quantizes(optim_level: float) -> bool:
     """Every level above 0 trains INT8 QAT; level 0 is the dense FP32 baseline."""
     return validate_level(optim_level) > 0.0
@@ -176,9 +184,13 @@ def _build_schedule(level: float, epochs: int, sparsity: float, args: RecipeArgs
 
 @dataclass(frozen=True)
 class RecipePlan:
-    """Everything a run needs to know about its recipe, before any YAML or torch is involved."""
+    """Everything a run needs to know about its recipe, before any YAML or torch is involved.
 
-    optim_level: float
+    With a user's recipe file (`recipe_file`), `optim_level` is None and the sparsity, quantization
+    and phases are the file's (sparsify_mlflow.recipe_facts), so the record describes what was trained.
+    """
+
+    optim_level: float | None
     target_sparsity: float
     quantize: bool
     epochs: int
@@ -189,11 +201,24 @@ class RecipePlan:
     distillation: Distillation | None = None
     lr_func: str = "linear"
     recipe_args: RecipeArgs = field(default_factory=RecipeArgs)
+    recipe_file: str | None = None
+    file_params: dict[str, object] = field(default_factory=dict)  # per parameter group of the file
+
+    @property
+    def label(self) -> str:
+        """What was trained, for titles: "optim level 0.5" or "recipe mine.yaml"."""
+        return f"recipe {self.recipe_file}" if self.recipe_file else f"optim level {self.optim_level:g}"
+
+    @property
+    def source(self) -> str:
+        return f"file {self.recipe_file}" if self.recipe_file else "optim level"
 
     def summary(self) -> dict[str, object]:
         """Flat plain values for MLflow params (None phases are left out: MLflow would log 'None')."""
-        out: dict[str, object] = {
-            "recipe.optim_level": self.optim_level,
+        out: dict[str, object] = {"recipe.source": self.source}
+        if self.optim_level is not None:
+            out["recipe.optim_level"] = self.optim_level
+        out |= {
             "recipe.target_sparsity": self.target_sparsity,
             "recipe.quantize": self.quantize,
             "recipe.epochs": self.epochs,
@@ -213,7 +238,7 @@ class RecipePlan:
             out["recipe.distillation.temperature"] = self.distillation.temperature
         out["recipe.lr_func"] = self.lr_func
         out.update({f"recipe.args.{k}": v for k, v in self.recipe_args.given().items()})
-        return out
+        return out | self.file_params
 
 
 def plan_recipe(

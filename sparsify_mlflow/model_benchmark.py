@@ -21,9 +21,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sparsify_mlflow import tracking
-from sparsify_mlflow.benchmark import BenchmarkResult, benchmark
-from sparsify_mlflow.engines import cpu_info, deepsparse_status, plan_benchmarks
+from sparsify_mlflow.benchmark import BenchmarkResult
+from sparsify_mlflow.engines import cpu_info, deepsparse_status
 from sparsify_mlflow.errors import ConfigError, UserError
+from sparsify_mlflow.speed_session import DEFAULT_ROUNDS, Entrant, Reliability, plan_session, run_session
+
+LABEL = "model"
 
 DEFAULT_EXPERIMENT = "sparsify-benchmarks"
 ENGINE_CHOICES = ("deepsparse", "onnxruntime", "both")
@@ -40,6 +43,7 @@ class RegisteredBenchmark:
     tracking_uri: str
     input_source: str                       # "input_example" or "generated"
     results: dict[str, BenchmarkResult]     # "deepsparse.bs1", ...
+    reliability: Reliability
     notes: list[str] = field(default_factory=list)
 
 
@@ -68,13 +72,15 @@ def resolve_model_uri(client: MlflowClient, model_uri: str) -> ModelVersion:
 
 
 def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 16), engine: str = "deepsparse",
-                         iterations: int = 30, tracking_uri: str | None = None,
-                         experiment_name: str = DEFAULT_EXPERIMENT, working_dir: Path = Path(".")
-                         ) -> RegisteredBenchmark:
+                         iterations: int = 30, rounds: int = DEFAULT_ROUNDS, num_cores: int | None = None,
+                         tracking_uri: str | None = None, experiment_name: str = DEFAULT_EXPERIMENT,
+                         working_dir: Path = Path(".")) -> RegisteredBenchmark:
+    """Time the version's ONNX file in one interleaved session (speed_session), as an experiment does."""
     if engine not in ENGINE_CHOICES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
-    if iterations < 1:
-        raise ConfigError(f"--iterations must be a positive integer, got {iterations!r}")
+    for option, value in (("--iterations", iterations), ("--rounds", rounds), ("--num-cores", num_cores)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{option} must be a positive integer, got {value!r}")
     working_dir = Path(working_dir).resolve()
     uri = tracking.resolve_tracking_uri(tracking_uri, working_dir)
     tracking.connect(uri)
@@ -86,33 +92,36 @@ def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 1
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
         onnx_path = find_onnx(local)
         rows, source = model_inputs(local, onnx_path, max(batch_sizes))
-        plan, notes = engine_plan(onnx_path, engine, batch_sizes)
+        entrants, notes = engine_plan(onnx_path, engine, batch_sizes, num_cores)
         tags = {"sparsify.role": "benchmark", "sparsify.model_uri": model_uri, "sparsify.registered_model": name,
                 "sparsify.registered_version": version, "sparsify.source_run_id": mv.run_id or ""}
         with tracking.run(f"benchmark-{name}-v{version}", experiment_id=experiment_id, tags=tags) as run:
             cpu = cpu_info()
             tracking.log_params({"model_uri": model_uri, "registered_model": name, "registered_version": version,
                                  "engine": engine, "batch_sizes": ",".join(map(str, batch_sizes)),
-                                 "iterations": iterations, "input_source": source,
-                                 **{f"cpu.{k}": v for k, v in cpu.items()}})
+                                 "iterations": iterations, "rounds": rounds, "num_cores": num_cores or "",
+                                 "input_source": source, **{f"cpu.{k}": v for k, v in cpu.items()}})
             if notes:
                 mlflow.set_tag("sparsify.engine_fallback", "; ".join(notes)[:5000])
-            results: dict[str, BenchmarkResult] = {}
-            for eng, bs in plan:
-                print(f"Benchmarking {name} version {version} on {eng}, batch size {bs}...")
-                results[f"{eng}.bs{bs}"] = benchmark(onnx_path, rows, engine=eng, batch_size=bs, iterations=iterations,
-                                                     warmup_iterations=max(3, iterations // 5))
-            metrics = {"size.onnx_bytes": float(onnx_path.stat().st_size)}
+            print(f"Benchmarking {name} version {version} on {', '.join(dict.fromkeys(e for e, _ in entrants[0].settings))}"
+                  f" in one session: {rounds} alternating rounds at batch sizes {', '.join(map(str, batch_sizes))}...")
+            speed = run_session(entrants, rows, iterations=iterations, rounds=rounds, num_cores=num_cores)
+            results = speed.results(LABEL)
+            reliability = speed.reliability()
+            metrics = {"size.onnx_bytes": float(onnx_path.stat().st_size), **speed.load.as_metrics()}
             for key, result in results.items():
                 metrics.update(result.as_metrics(key))
             _log_metrics(mv, metrics)
+            mlflow.set_tags(reliability.tags())
             run_id = run.info.run_id
     summary = "; ".join(f"{k} {r.latency_ms_median:.2f} ms, {r.items_per_second:.1f} items/s"
                         for k, r in results.items())
     for key, value in {"benchmark_run_id": run_id, "benchmark_summary": f"{summary} ({cpu.get('model')})",
-                       "benchmark_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}.items():
+                       "benchmark_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "benchmark_run_reliable": str(reliability.reliable).lower()}.items():
         client.set_model_version_tag(name, version, key, value[:5000])
-    return RegisteredBenchmark(model_uri, name, version, run_id, experiment_id, uri, source, results, notes)
+    return RegisteredBenchmark(model_uri, name, version, run_id, experiment_id, uri, source, results, reliability,
+                               notes)
 
 
 def find_onnx(model_dir: Path) -> Path:
@@ -192,10 +201,12 @@ def generate_inputs(onnx_path: Path, rows: int, seed: int = 0) -> list[np.ndarra
     return out
 
 
-def engine_plan(onnx_path: Path, engine: str, batch_sizes: tuple[int, ...]) -> tuple[list[tuple[str, int]], list[str]]:
-    """(engine, batch size) pairs to measure (see engines.plan_benchmarks), with the notes printed."""
+def engine_plan(onnx_path: Path, engine: str, batch_sizes: tuple[int, ...], num_cores: int | None = None
+                ) -> tuple[list[Entrant], list[str]]:
+    """The session's one entrant with its (engine, batch size) pairs (see speed_session.plan_session),
+    with the notes printed."""
     wanted = ("deepsparse", "onnxruntime") if engine == "both" else (engine,)
-    plan, _, notes = plan_benchmarks(onnx_path, wanted, batch_sizes)
+    plan, notes = plan_session({LABEL: onnx_path}, {LABEL: wanted}, batch_sizes, num_cores=num_cores)
     usable, why = deepsparse_status()
     if "deepsparse" in wanted and not usable:
         notes.insert(0, f"DeepSparse unavailable ({why}); ONNX Runtime measured instead")

@@ -56,11 +56,12 @@ class Recommendation:
 
 
 def recommend(points: list[Point], max_metric_drop: float | None = None,
-              min_speedup: float | None = None) -> Recommendation:
+              min_speedup: float | None = None, engine: str = "the same engine") -> Recommendation:
     """The fastest level (lowest batch-1 latency) within the gates, or why there is none.
 
     Gates: `main_drop <= max_metric_drop` (points) and `speedup >= min_speedup` (x). With no gate
-    given there is no recommendation: "fastest" alone would always pick the sparsest level.
+    given there is no recommendation: "fastest" alone would always pick the sparsest level. A level
+    no faster than the dense model (speedup <= 1 on `engine`) is never recommended on speed.
     Ties on latency go to the higher main metric, then to the lower level (listed first).
     """
     if max_metric_drop is None and min_speedup is None:
@@ -79,6 +80,9 @@ def recommend(points: list[Point], max_metric_drop: float | None = None,
         return Recommendation(None, f"no level met {wanted}")
     best = min(ok, key=lambda i: (points[i].latency_ms, -points[i].main, i))
     p = points[best]
+    if p.speedup is not None and p.speedup <= 1.0 + EPS:
+        return Recommendation(None, f"no level is faster than the dense model on {engine}: the fastest with "
+                                    f"{wanted}, level {p.label}, runs at {p.speedup:.2f}x its speed; none recommended")
     speed = "" if p.speedup is None else f", {p.speedup:.2f}x the dense speed"
     return Recommendation(best, f"level {p.label} is the fastest with {wanted} "
                                 f"({p.latency_ms:.2f} ms at batch size 1{speed}, {p.main_drop:+.2f} points)")

@@ -1,7 +1,9 @@
 """Promotion: move an alias (e.g. `champion`) to a model version after checking its gates.
 
 The gates read what `sparsify.run training-aware`/`sweep` tagged on the version when it registered
-it: `main_drop` (points lost against the dense baseline) and `speedup` (batch-1, same engine).
+it: `main_drop` (points lost against the dense baseline, measured on the exported files on the deploy
+engine) and `speedup` (batch-1, same engine, from the interleaved benchmark session), which is refused
+when that session was marked unreliable (`benchmark_reliable=false`) unless explicitly accepted.
 A refused promotion changes nothing. An accepted one records who, why and when on the version,
 and the version it replaces keeps the alias `previous-<alias>` so it can be restored with
 `promote --alias previous-champion --to champion`.
@@ -30,6 +32,7 @@ class PromotionRefused(UserError):
 class Gates:
     max_metric_drop: float | None = None   # points
     min_speedup: float | None = None       # x
+    accept_unreliable: bool = False        # let --min-speedup pass a speedup its benchmark marked unreliable
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,14 @@ def check_gates(name: str, version: str, tags: dict[str, str], gates: Gates) -> 
                     f"{gate} {_num(bound)}" if tag == "main_drop"
                     else f"has a speedup of {value:.2f}x, below {gate} {_num(bound)}")
             raise PromotionRefused(f"refused: {name} version {version} {what}")
+        if tag == "speedup" and tags.get("benchmark_reliable") == "false":
+            if not gates.accept_unreliable:
+                raise PromotionRefused(
+                    f"refused: {name} version {version}'s speedup {value:.2f}x comes from an unreliable benchmark "
+                    f"({tags.get('benchmark_load', 'see its benchmark_load tag')}); re-run the experiment on an idle "
+                    f"machine, or pass --accept-unreliable-speedup")
+            checks.append(f"{tag} {_num(value)} {words} {_num(bound)} (unreliable benchmark, accepted)")
+            continue
         checks.append(f"{tag} {_num(value)} {words} {_num(bound)}")
     return tuple(checks) or ("no gates given",)
 

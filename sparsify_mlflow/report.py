@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape
 from rich.table import Table  # noqa: E402
 
 if TYPE_CHECKING:
@@ -130,10 +131,10 @@ def output_console() -> Console:
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], console: Console | None = None) -> None:
     console = console or output_console()
-    console.print(title, soft_wrap=True)  # a table title would wrap at the table's width
+    console.print(escape(title), soft_wrap=True)  # a table title would wrap at the table's width
     table = Table()
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
+        table.add_column(escape(column), justify="left" if i == 0 else "right")
+    for row in rows:  # plain text: "[0.9-1.1]" is a figure, not rich markup
+        table.add_row(*(escape(cell) for cell in row))
     console.print(table)

@@ -7,6 +7,7 @@ an unfinished stage continues from the last epoch its checkpoint holds.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -72,8 +73,25 @@ def find(run_id: str, tracking_uri: str, working_dir: Path) -> ResumePoint:
             continue  # reused from its logged model, no checkpoint needed
         path = _checkpoint_file(client, child_id, folder / "training_artifacts" / role)
         if path is not None:
-            point.checkpoints[role] = Checkpoint.from_file(path)
+            ckpt = Checkpoint.from_file(path)
+            if ckpt.key and ckpt.key != stage_key(cfg, role):  # before any run is reopened
+                raise ConfigError(f"--resume: the {role} checkpoint {path} was written by another configuration "
+                                  f"than run {run.info.run_id}'s (its options or data changed); start a new "
+                                  f"experiment instead")
+            point.checkpoints[role] = ckpt
     return point
+
+
+# Options that say where results go, not what is trained: a resume may change them.
+_LOCATION_OPTIONS = ("tracking_uri", "working_dir", "summary_json", "experiment_name", "registered_model_name",
+                     "register")
+
+
+def stage_key(cfg: ExperimentConfig, role: str) -> str:
+    """What a stage's checkpoint must have been trained with to be continued: the config (less where
+    results go) and the stage."""
+    values = {k: v for k, v in cfg.to_json().items() if k not in _LOCATION_OPTIONS}
+    return hashlib.sha256(json.dumps([role, values], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def mark_alive() -> dict[str, str]:

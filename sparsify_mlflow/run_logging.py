@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 import torch
+from mlflow.tracking import MlflowClient
 from torch import nn
 
 from sparsify_mlflow import report, tracking
@@ -33,14 +34,14 @@ def log_oom_retry(retry: OomRetry) -> None:
                    f"batch size {retry.failed_batch_size} -> {retry.next_batch_size}: {retry.error}"[:5000])
 
 
-def supported_ops_warning(path: Path, role: str, benchmarks: dict[str, BenchmarkResult]) -> list[str]:
-    """A note (and tag) naming the op types DeepSparse could not take over, when it ran below 100%."""
+def supported_ops_warning(path: Path, role: str, benchmarks: dict[str, BenchmarkResult], run_id: str) -> list[str]:
+    """A note (and a tag on `run_id`) naming the op types DeepSparse could not take over, when it ran below 100%."""
     fractions = [r.fraction_of_supported_ops for r in benchmarks.values() if r.fraction_of_supported_ops is not None]
     if not fractions or min(fractions) >= 1.0:
         return []
     ops = unsupported_op_types(path)
     listed = ", ".join(f"{op} x{n}" for op, n in ops.items()) or "op types not reported"
-    mlflow.set_tag("sparsify.unsupported_ops", listed[:5000])
+    MlflowClient().set_tag(run_id, "sparsify.unsupported_ops", listed[:5000])
     warning = (f"DeepSparse runs only {min(fractions):.0%} of the {role} model's ops in its optimized runtime; "
                f"the rest run on slower fallback paths (unsupported: {listed})")
     print(f"warning: {warning}")

@@ -5,6 +5,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sparsify_mlflow.remote import redact_uri
 from sparsify_mlflow.report import output_console, print_table
@@ -19,11 +20,16 @@ def _bench(side: ModelReport, key: str, field: str) -> float | None:
 
 
 def summary_rows(result: ExperimentResult) -> list[tuple[str, str, str, str]]:
-    """(what, dense, sparse, change) rows; change is a ratio for speed, a difference for quality."""
-    dense, sparse = result.dense, result.sparse
+    """(what, dense, sparse, change) rows; change is a ratio for speed, a difference for quality.
+
+    Speed cells are the benchmark session's: whole-session medians per model, and as the change the
+    median of the per-round ratios with its range; "(!)" marks them when the session was unreliable.
+    """
+    dense, sparse, comparison = result.dense, result.sparse, result.comparison
     bs = result.config.benchmark_batch_size
     engine = sparse.onnx_engine
     main = dense.metrics.main_name
+    mark = "" if result.reliability.reliable else " (!)"
 
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
@@ -31,46 +37,73 @@ def summary_rows(result: ExperimentResult) -> list[tuple[str, str, str, str]]:
     def ratio(a: float | None, b: float | None) -> str:
         return "-" if not a or not b else f"{a / b:.2f}x"
 
+    def speedup(name: str) -> str:
+        value = comparison.get(name)
+        if value is None:
+            return "-"
+        return f"{value:.2f}x [{comparison[name + '.min']:.2f}-{comparison[name + '.max']:.2f}]{mark}"
+
     rows = [
+        (f"{main} (ONNX on {engine}; gates use this)", num(dense.onnx_metrics.main, ".4f"),
+         num(sparse.onnx_metrics.main, ".4f"), points(comparison["main_drop"])),
         (f"{main} (PyTorch)", num(dense.metrics.main, ".4f"), num(sparse.metrics.main, ".4f"),
-         f"{-result.comparison['main_drop']:+.2f} pt"),
-        (f"{main} (ONNX, {engine})", num(dense.onnx_metrics.main, ".4f"), num(sparse.onnx_metrics.main, ".4f"),
-         f"{100 * (sparse.onnx_metrics.main - dense.onnx_metrics.main):+.2f} pt"),
+         points(comparison["main_drop_pytorch"])),
         ("sparsity (pruned layers)", num(dense.sparsity, ".1%"), num(sparse.sparsity, ".1%"), ""),
         ("sparsity (exported weights)", num(dense.exported.weight_sparsity, ".1%"),
          num(sparse.exported.weight_sparsity, ".1%"), ""),
+        ("INT8 (in the exported graph)", _yes(dense.exported.quantized), _yes(sparse.exported.quantized), ""),
     ]
-    for key, label in ((f"{engine}.bs1", f"{engine} latency bs1 (ms)"),):
-        d, s = _bench(dense, key, "latency_ms_median"), _bench(sparse, key, "latency_ms_median")
-        rows.append((label, num(d, ".2f"), num(s, ".2f"), ratio(d, s)))
-    key = f"{engine}.bs{bs}"
-    d, s = _bench(dense, key, "items_per_second"), _bench(sparse, key, "items_per_second")
-    rows.append((f"{engine} throughput bs{bs} (items/s)", num(d, ".1f"), num(s, ".1f"), ratio(s, d)))
-    ort = _bench(dense, "onnxruntime.bs1", "latency_ms_median")
-    if ort is not None and engine != "onnxruntime":
-        s = _bench(sparse, f"{engine}.bs1", "latency_ms_median")
-        rows.append(("vs ONNX Runtime dense, bs1 (ms)", num(ort, ".2f"), num(s, ".2f"), ratio(ort, s)))
+    for batch, field, label in ((1, "latency_ms_median", "latency bs1 (ms)"),
+                                (bs, "items_per_second", f"throughput bs{bs} (items/s)")):
+        for key in _same_engine_keys(comparison, batch):
+            name = key.split(".", 1)[0]
+            rows.append((f"{name} {label}", num(_bench(dense, key, field), ".2f" if batch == 1 else ".1f"),
+                         num(_bench(sparse, key, field), ".2f" if batch == 1 else ".1f"), speedup(f"speedup.{key}")))
+    if engine != "onnxruntime" and f"speedup_vs_onnxruntime.{engine}.bs1" in comparison:
+        rows.append(("vs ONNX Runtime dense, bs1 (ms)", num(_bench(dense, "onnxruntime.bs1", "latency_ms_median"), ".2f"),
+                     num(_bench(sparse, f"{engine}.bs1", "latency_ms_median"), ".2f"),
+                     speedup(f"speedup_vs_onnxruntime.{engine}.bs1")))
     mb = 1024 * 1024
-    rows.append(("ONNX size (MB)", num(dense.exported.size_bytes / mb, ".2f"),
+    rows.append(("ONNX size (MiB)", num(dense.exported.size_bytes / mb, ".2f"),
                  num(sparse.exported.size_bytes / mb, ".2f"),
                  ratio(dense.exported.size_bytes, sparse.exported.size_bytes)))
-    rows.append(("ONNX size gzip (MB)", num(dense.exported.gzip_size_bytes / mb, ".2f"),
+    rows.append(("ONNX size gzip (MiB)", num(dense.exported.gzip_size_bytes / mb, ".2f"),
                  num(sparse.exported.gzip_size_bytes / mb, ".2f"),
                  ratio(dense.exported.gzip_size_bytes, sparse.exported.gzip_size_bytes)))
     rows.append(("training time (s)", num(dense.train_seconds, ".0f"), num(sparse.train_seconds, ".0f"), ""))
     return rows
 
 
+def points(drop: float) -> str:
+    """A drop of the main metric as the change a reader expects: a gain reads as a gain."""
+    return f"{-drop:+.2f} pt"
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _same_engine_keys(comparison: dict[str, float], batch_size: int) -> list[str]:
+    """The "<engine>.bs<N>" keys with a same-engine speedup at `batch_size`, deploy engine first."""
+    keys = [name.removeprefix("speedup.") for name in comparison
+            if name.startswith("speedup.") and name.endswith(f".bs{batch_size}")]
+    return sorted(keys, key=lambda key: key.startswith("onnxruntime."))
+
+
 def print_summary(result: ExperimentResult, console: Console | None = None) -> None:
     console = console or output_console()
     cfg = result.config
     print_table(
-        f"{cfg.use_case} {cfg.model}, optim level {cfg.optim_level:g} "
+        f"{cfg.use_case} {cfg.model}, {result.plan.label} "
         f"(target sparsity {result.plan.target_sparsity:.0%}{', INT8' if result.plan.quantize else ''})",
         ("", "dense", "sparse", "change"), summary_rows(result), console,
     )
+    console.print(escape(f"Speedups: median [min-max] of {cfg.benchmark_rounds} alternating rounds of one benchmark "
+                         f"session, each model against the dense one on the same engine."))
+    if not result.reliability.reliable:
+        console.print(escape(f"warning: (!) speedups unreliable: {result.reliability.reason}"))
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(escape(f"note: {note}"))
     if result.registered:
         reg = result.registered
         console.print(f"Registered [bold]{reg.name}[/] version {reg.version} as @{reg.alias} ({reg.model_uri})")
@@ -98,9 +131,12 @@ def summary_dict(result: ExperimentResult) -> dict[str, Any]:
         "sparse_run_id": result.sparse.run_id,
         "use_case": result.config.use_case,
         "model": result.config.model,
-        "optim_level": result.config.optim_level,
+        "optim_level": result.plan.optim_level,
+        "recipe_source": result.plan.source,
         "target_sparsity": result.plan.target_sparsity,
-        "quantized": result.plan.quantize,
+        "quantized": result.sparse.exported.quantized,
+        "benchmark_reliable": result.reliability.reliable,
+        "benchmark_load": result.reliability.reason,
         "main_metric": result.dense.metrics.main_name,
         "dense": result.dense.flat_metrics(),
         "sparse": result.sparse.flat_metrics(),
@@ -125,20 +161,28 @@ def write_summary_json(result: ExperimentResult, path) -> None:
 # --- sweeps (sparsify_mlflow.sweep) ---
 
 def sweep_table_rows(rows: list[dict[str, Any]], batch_size: int) -> list[tuple[str, ...]]:
-    """The comparison table for the console: one line per model, dense first."""
+    """The comparison table for the console: one line per model, dense first; "(!)" marks a speedup of
+    an unreliable benchmark session, "(ort)" one measured on ONNX Runtime where DeepSparse could not compile."""
     def num(row: dict[str, Any], key: str, fmt: str) -> str:
         value = row.get(key)
         return "-" if value is None or value != value else format(value, fmt)  # None or NaN
 
+    def speedup(row: dict[str, Any], batch: int) -> str:
+        cell = num(row, f"speedup_bs{batch}", ".2f")
+        if cell == "-":
+            return cell
+        fallback = " (ort)" if row.get(f"speedup_bs{batch}_engine") not in ("", row.get("engine")) else ""
+        return f"{cell}x{fallback}{'' if row.get('reliable', True) else ' (!)'}"
+
     out = []
     for row in rows:
         if row["status"] != "FINISHED":
-            out.append((row["level"], "FAILED", "", "", "", "", "", "", ""))
+            out.append((row["level"], "FAILED", "", "", "", "", "", "", "", ""))
             continue
         mark = " *" if row.get("recommended") else ""
         out.append((row["level"] + mark, num(row, "sparsity", ".1%"), num(row, "main", ".4f"),
-                    num(row, "main_drop", "+.2f"), num(row, "latency_ms_bs1", ".2f"),
-                    num(row, f"items_per_second_bs{batch_size}", ".1f"), num(row, "speedup_bs1", ".2f") + "x",
+                    "" if row["level"] == "dense" else points(row["main_drop"]), num(row, "latency_ms_bs1", ".2f"),
+                    num(row, f"items_per_second_bs{batch_size}", ".1f"), speedup(row, 1), speedup(row, batch_size),
                     num(row, "size_mb", ".2f"), str(row.get("registered_version") or "")))
     return out
 
@@ -149,15 +193,18 @@ def print_sweep_summary(result: Any, console: Console | None = None) -> None:
     main = result.dense.metrics.main_name
     engine = next((r["engine"] for r in result.rows if r.get("engine")), "")
     print_table(f"Sweep: {cfg.use_case} {cfg.model}, optim levels {','.join(f'{x:g}' for x in result.options.levels)}"
-                f" ({engine}; * = recommended)",
-                ("level", "sparsity", main, "drop pt", "bs1 ms", f"bs{bs} items/s", "speedup", "MB", "version"),
+                f" ({main} of the ONNX files on {engine}; * = recommended)",
+                ("level", "sparsity", main, "change", "bs1 ms", f"bs{bs} items/s", "speedup bs1", f"speedup bs{bs}",
+                 "MiB", "version"),
                 sweep_table_rows(result.rows, bs), console)
+    console.print(escape(f"Speedups: median of {cfg.benchmark_rounds} alternating rounds of one benchmark session "
+                         f"timing every level against the dense model on {engine}."))
     for row in result.rows:
         if row["status"] != "FINISHED":
-            console.print(f"level {row['level']} failed: {row.get('failure_reason', '')} (run {row.get('run_id')})")
+            console.print(escape(f"level {row['level']} failed: {row.get('failure_reason', '')} (run {row.get('run_id')})"))
     for note in result.notes:
-        console.print(f"note: {note}")
-    console.print(f"Recommendation: {result.recommendation.reason}")
+        console.print(escape(f"note: {note}"))
+    console.print(escape(f"Recommendation: {result.recommendation.reason}"))
     chosen = result.recommended
     if chosen is not None and chosen.result.registered:
         reg = chosen.result.registered

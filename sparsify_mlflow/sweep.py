@@ -25,10 +25,10 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from sparsify_mlflow import experiment, pareto, report, stages, tracking
-from sparsify_mlflow.benchmark import BenchmarkResult
 from sparsify_mlflow.config import ExperimentConfig, parse_optim_level
 from sparsify_mlflow.errors import ConfigError, UserError
 from sparsify_mlflow.registry import CANDIDATE_ALIAS
+from sparsify_mlflow.speed_session import RELIABLE_TAG
 
 RECOMMENDED_ALIAS = "recommended"
 TABLE_FILE = "sweep_table.json"          # + sweep_table.csv beside it
@@ -102,6 +102,8 @@ class SweepResult:
 
 
 def run_sweep(cfg: ExperimentConfig, options: SweepOptions) -> SweepResult:
+    """Dense baseline once, every level trained, then one benchmark session timing every level against
+    the dense model (alternating rounds), then each level's comparison, registration and the verdict."""
     cfg, use_case, tracking_uri, experiment_id = experiment.open_store(cfg)
     root = experiment.make_folder(cfg.working_dir / f"sweep_{use_case.name}_{experiment.timestamp()}",
                                   ("training_artifacts/dense", "logs"))
@@ -113,10 +115,14 @@ def run_sweep(cfg: ExperimentConfig, options: SweepOptions) -> SweepResult:
         tracking.log_params(params | options.as_params())
         session = experiment.prepare(cfg, use_case, experiment_id, tracking_uri)
         dense = experiment.train_dense_baseline(session, root)
-        outcomes = []
+        trained = []
         for n, level in enumerate(options.levels, 1):
-            print(f"=== optim level {level:g} ({n}/{len(options.levels)}) ===")
-            outcomes.append(_run_level(session, cfg, dense, level, root))
+            print(f"=== optim level {level:g} ({n}/{len(options.levels)}): training ===")
+            trained.append(_train_level(session, cfg, dense, level, root))
+        ready = [t for t in trained if t.error is None]
+        speed = experiment.measure_speed(session, dense.report, {t.label: t.model.report for t in ready}) \
+            if ready else None
+        outcomes = [t.outcome() if t.error else _conclude_level(session, dense, t, speed) for t in trained]
         result = _conclude(cfg, options, parent.info.run_id, experiment_id, tracking_uri, root, dense.report,
                            outcomes, session.notes)
         tracking.log_metrics(clock.metrics())
@@ -127,49 +133,94 @@ def run_sweep(cfg: ExperimentConfig, options: SweepOptions) -> SweepResult:
     return result
 
 
-def _run_level(session: experiment.Session, cfg: ExperimentConfig, dense: Any, level: float,
-               root: Path) -> LevelOutcome:
-    """One level in its own child run; an exception ends that run FAILED and is returned, not raised."""
+@dataclass
+class _TrainedLevel:
+    """A level after its training: its run (ended, reopened to conclude), model, plan and folder."""
+
+    level: float
+    cfg: ExperimentConfig
+    run_id: str | None
+    folder: Path
+    model: Any = None
+    plan: Any = None
+    recipe: str = ""
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"level-{self.level:g}"
+
+    def outcome(self) -> LevelOutcome:
+        return LevelOutcome(self.level, self.run_id, error=self.error)
+
+
+def _train_level(session: experiment.Session, cfg: ExperimentConfig, dense: Any, level: float,
+                 root: Path) -> _TrainedLevel:
+    """One level's model in its own child run; an exception ends that run FAILED and is returned."""
     level_cfg = replace(cfg, optim_level=level)
     folder = experiment.make_folder(root / f"level-{level:g}", ("deployment", "training_artifacts/sparse", "logs"))
-    run_id = None
+    out = _TrainedLevel(level, level_cfg, None, folder)
     try:
         with tracking.run(f"level-{level:g}", nested=True,
                           tags={"sparsify.role": "level", "sparsify.optim_level": f"{level:g}",
                                 "sparsify.use_case": session.use_case.name}) as run:
-            run_id = run.info.run_id
+            out.run_id = run.info.run_id
             tracking.log_params(level_cfg.as_params())
-            plan, recipe = experiment.plan_level(session, level_cfg)
-            result = experiment.finish_level(session, level_cfg, dense, plan, recipe, folder, run_id, alias=None)
-        return LevelOutcome(level, run_id, result=result)
+            out.plan, out.recipe = experiment.plan_level(session, level_cfg)
+            out.model = experiment.train_level(session, level_cfg, dense, out.recipe, folder)
     except Exception as exc:  # noqa: BLE001 - one level's failure must not end the sweep
-        if not isinstance(exc, UserError):
-            traceback.print_exc()
-        reason = f"{type(exc).__name__}: {exc}"
-        print(f"error: optim level {level:g} failed ({_first_line(reason)}); the sweep goes on", file=sys.stderr)
-        return LevelOutcome(level, run_id, error=reason)
+        out.error = _level_failed(level, exc)
+    return out
+
+
+def _conclude_level(session: experiment.Session, dense: Any, trained: _TrainedLevel,
+                    speed: experiment.SessionResult) -> LevelOutcome:
+    """Back in the level's run: its comparison from the shared session, figures, registration."""
+    try:
+        with tracking.run(trained.label, nested=True, run_id=trained.run_id):
+            result = experiment.conclude_level(session, trained.cfg, dense, trained.model, trained.plan,
+                                               trained.recipe, trained.folder, trained.run_id, speed,
+                                               trained.label, alias=None)
+        return LevelOutcome(trained.level, trained.run_id, result=result)
+    except Exception as exc:  # noqa: BLE001 - one level's failure must not end the sweep
+        return LevelOutcome(trained.level, trained.run_id, error=_level_failed(trained.level, exc))
+
+
+def _level_failed(level: float, exc: Exception) -> str:
+    if not isinstance(exc, UserError):
+        traceback.print_exc()
+    reason = f"{type(exc).__name__}: {exc}"
+    print(f"error: optim level {level:g} failed ({_first_line(reason)}); the sweep goes on", file=sys.stderr)
+    return reason
 
 
 def _conclude(cfg: ExperimentConfig, options: SweepOptions, parent_id: str, experiment_id: str, tracking_uri: str,
               root: Path, dense: experiment.ModelReport, outcomes: list[LevelOutcome], notes: list[str]) -> SweepResult:
-    """Table, Pareto fronts, recommendation and figure, logged to the sweep run; aliases moved."""
-    engine = next((o.result.sparse.onnx_engine for o in outcomes if o.result), dense.onnx_engine)
-    bs = cfg.benchmark_batch_size
-    points = [_point("dense", dense, dense, engine, bs, is_dense=True)]
-    done = [o for o in outcomes if o.result]
-    points += [_point(f"{o.level:g}", o.result.sparse, dense, engine, bs) for o in done]
-    fronts = {axis: pareto.pareto_front(points, axis) for axis in ("latency", "throughput")}
-    pick = pareto.recommend(points, options.max_metric_drop, options.min_speedup)
-    recommended = None if pick.index is None else done[pick.index - 1]
-    recommendation = pareto.Recommendation(None if recommended is None else outcomes.index(recommended), pick.reason)
+    """Table, Pareto fronts, recommendation and figure, logged to the sweep run; aliases moved.
 
-    rows = [_row("dense", dense, dense, engine, bs, "FINISHED", dense.run_id, points[0], 0, fronts, False)]
+    Every figure is on the deploy engine and every speedup compares it with itself (the session's
+    per-round ratios); a level DeepSparse could not compile at a batch size has no figure on that axis.
+    """
+    engine, bs = dense.onnx_engine, cfg.benchmark_batch_size  # the deploy engine, as it ran here
+    done = [o for o in outcomes if o.result]
+    points = [_point("dense", dense, {}, engine, bs, is_dense=True)]
+    points += [_point(f"{o.level:g}", o.result.sparse, o.result.comparison, engine, bs) for o in done]
+    fronts = {axis: pareto.pareto_front(points, axis) for axis in ("latency", "throughput")}
+    pick = pareto.recommend(points, options.max_metric_drop, options.min_speedup, engine=engine)
+    recommended = None if pick.index is None else done[pick.index - 1]
+    unreliable = [o for o in done if not o.result.reliability.reliable]
+    reason = pick.reason
+    if unreliable:
+        reason += f" (speedups unreliable: {unreliable[0].result.reliability.reason})"
+    recommendation = pareto.Recommendation(None if recommended is None else outcomes.index(recommended), reason)
+
+    rows = [_row("dense", dense, {}, engine, bs, "FINISHED", dense.run_id, points[0], 0, fronts, False)]
     by_level = {id(o): i for i, o in enumerate(done, 1)}
     for o in outcomes:
         if o.result:
             i = by_level[id(o)]
-            rows.append(_row(f"{o.level:g}", o.result.sparse, dense, engine, bs, "FINISHED", o.run_id, points[i], i,
-                             fronts, o is recommended, o.result))
+            rows.append(_row(f"{o.level:g}", o.result.sparse, o.result.comparison, engine, bs, "FINISHED", o.run_id,
+                             points[i], i, fronts, o is recommended, o.result))
         else:
             rows.append({"level": f"{o.level:g}", "status": "FAILED", "run_id": o.run_id or "",
                          "failure_reason": _first_line(o.error)[:300]})
@@ -182,8 +233,9 @@ def _conclude(cfg: ExperimentConfig, options: SweepOptions, parent_id: str, expe
     plt.close(fig)
 
     name = next((o.result.registered.name for o in done if o.result.registered), None)
-    tags = {"sparsify.recommendation": pick.reason,
-            "sparsify.levels_failed": ",".join(f"{o.level:g}" for o in outcomes if not o.result)}
+    tags = {"sparsify.recommendation": reason[:5000],
+            "sparsify.levels_failed": ",".join(f"{o.level:g}" for o in outcomes if not o.result),
+            RELIABLE_TAG: str(not unreliable).lower()}
     if name:
         tags["sparsify.registered_model"] = name
         _tag_versions(name, parent_id, done)
@@ -211,47 +263,42 @@ def _tag_versions(name: str, parent_id: str, done: list[LevelOutcome]) -> None:
             client.set_model_version_tag(name, o.result.registered.version, "sweep_run_id", parent_id)
 
 
-def _bench(side: experiment.ModelReport, engine: str, bs: int) -> BenchmarkResult | None:
-    """The figure on `engine` at `bs`, else on whichever engine measured it (a DeepSparse fallback)."""
-    exact = side.benchmarks.get(f"{engine}.bs{bs}")
-    return exact or next((r for k, r in side.benchmarks.items() if k.endswith(f".bs{bs}")), None)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
-
-
-def _point(label: str, side: experiment.ModelReport, dense: experiment.ModelReport, engine: str, bs: int,
+def _point(label: str, side: experiment.ModelReport, comparison: dict[str, float], engine: str, bs: int,
            is_dense: bool = False) -> pareto.Point:
-    lat, thr = _bench(side, engine, 1), _bench(side, engine, bs)
-    dense_lat = _bench(dense, engine, 1)
+    lat, thr = side.benchmarks.get(f"{engine}.bs1"), side.benchmarks.get(f"{engine}.bs{bs}")
     return pareto.Point(
-        label=label, main=side.metrics.main,
+        label=label, main=side.onnx_metrics.main,
         latency_ms=lat.latency_ms_median if lat else None,
         throughput=thr.items_per_second if thr else None,
-        main_drop=round(100 * (dense.metrics.main - side.metrics.main), 4),
-        speedup=_ratio(dense_lat.latency_ms_median if dense_lat else None, lat.latency_ms_median if lat else None),
+        main_drop=comparison.get("main_drop", 0.0),
+        speedup=1.0 if is_dense else comparison.get(f"speedup.{engine}.bs1"),
         is_dense=is_dense)
 
 
-def _row(label: str, side: experiment.ModelReport, dense: experiment.ModelReport, engine: str, bs: int,
+def _row(label: str, side: experiment.ModelReport, comparison: dict[str, float], engine: str, bs: int,
          status: str, run_id: str | None, point: pareto.Point, index: int, fronts: dict[str, list[int]],
          recommended: bool, result: experiment.ExperimentResult | None = None) -> dict[str, Any]:
-    thr, dense_thr = _bench(side, engine, bs), _bench(dense, engine, bs)
-    lat = _bench(side, engine, 1)
+    """One line of the table; speedups only against the dense model on the same engine, with the
+    engine named where DeepSparse could not compile the level (its speedup is then ONNX Runtime's)."""
     mb = 1024 * 1024
-    return {
+    row: dict[str, Any] = {
         "level": label, "status": status,
         "target_sparsity": 0.0 if result is None else result.plan.target_sparsity,
         "sparsity": round(side.exported.weight_sparsity, 4),
-        "main_metric": side.metrics.main_name, "main": round(side.metrics.main, 4),
-        "main_drop": point.main_drop,
-        "engine": lat.engine if lat else engine,
+        "main_metric": side.metrics.main_name, "main": round(point.main, 4),
+        "main_drop": point.main_drop, "engine": engine,
         "latency_ms_bs1": None if point.latency_ms is None else round(point.latency_ms, 3),
         f"items_per_second_bs{bs}": None if point.throughput is None else round(point.throughput, 1),
-        "speedup_bs1": None if point.speedup is None else round(point.speedup, 3),
-        f"speedup_bs{bs}": _round(_ratio(thr.items_per_second if thr else None,
-                                         dense_thr.items_per_second if dense_thr else None)),
+    }
+    for batch in (1, bs):
+        headline = (engine, 1.0) if result is None else experiment.headline_speedup(comparison, engine, batch)
+        name = f"speedup.{headline[0]}.bs{batch}" if headline else ""
+        row[f"speedup_bs{batch}"] = None if headline is None else round(headline[1], 3)
+        row[f"speedup_bs{batch}_range"] = (f"{comparison[name + '.min']:.2f}-{comparison[name + '.max']:.2f}"
+                                           if name in comparison else "")
+        row[f"speedup_bs{batch}_engine"] = "" if headline is None else headline[0]
+    row |= {
+        "reliable": True if result is None else result.reliability.reliable,
         "size_mb": round(side.exported.size_bytes / mb, 3),
         "size_gzip_mb": round(side.exported.gzip_size_bytes / mb, 3),
         "pareto_latency": index in fronts["latency"], "pareto_throughput": index in fronts["throughput"],
@@ -259,10 +306,7 @@ def _row(label: str, side: experiment.ModelReport, dense: experiment.ModelReport
         "registered_version": "" if result is None or result.registered is None else result.registered.version,
         "run_id": run_id or "", "failure_reason": "",
     }
-
-
-def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
+    return row
 
 
 def _first_line(text: str | None) -> str:

@@ -157,9 +157,10 @@ def log_params(params: dict[str, Any]) -> None:
     mlflow.log_params({k: str(v)[:PARAM_VALUE_LIMIT] for k, v in params.items()})
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log to the active run; if the tracking server is away, keep them and carry on (remote.BUFFER)."""
-    remote.BUFFER.log(mlflow.active_run().info.run_id, {k: float(v) for k, v in metrics.items()}, step)
+def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
+    """Log to `run_id` (default: the active run); if the tracking server is away, keep them and carry
+    on (remote.BUFFER)."""
+    remote.BUFFER.log(run_id or mlflow.active_run().info.run_id, {k: float(v) for k, v in metrics.items()}, step)
 
 
 def log_rows(rows: list[dict[str, Any]], artifact_file: str) -> None:

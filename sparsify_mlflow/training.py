@@ -143,6 +143,7 @@ def train(
     main_metric: str | None = None,
     kwargs: TrainKwargs = TrainKwargs(),
     checkpoint_path: Path | None = None,
+    checkpoint_key: str = "",
     resume_from: Checkpoint | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
@@ -152,7 +153,8 @@ def train(
     `manager.loss_update` with the student's outputs and inputs (the use case's
     `distillation_step`), and sparseml mixes in the teacher's soft targets. `main_metric`
     (--eval-metric) names the validation figure shown per epoch; `kwargs` are --train-kwargs.
-    With `checkpoint_path`, every epoch ends with a checkpoint there (then `on_checkpoint(path)`);
+    With `checkpoint_path`, every epoch ends with a checkpoint there, marked `checkpoint_key` (then
+    `on_checkpoint(path)`);
     `resume_from` continues a stage from one: sparseml's schedule restarts at its epoch.
     """
     from sparseml.pytorch.optim import ScheduledModifierManager
@@ -231,7 +233,8 @@ def train(
             on_epoch(stats)
         if checkpoint_path is not None:
             checkpoint.save(checkpoint_path, epoch=epoch + 1, batch_size=batch_size, model=model,
-                            optimizer=raw_optimizer, manager=manager, generator=generator, history=history)
+                            optimizer=raw_optimizer, manager=manager, generator=generator, history=history,
+                            key=checkpoint_key)
             if on_checkpoint is not None:
                 on_checkpoint(checkpoint_path)
     manager.finalize(model)

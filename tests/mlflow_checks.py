@@ -51,3 +51,53 @@ def run_project(repo: Path, params: dict[str, str], store: str, cwd: Path, exper
     env = os.environ | {"MLFLOW_TRACKING_URI": store,
                         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def assert_comparison_follows_its_definitions(store: str, parent_id: str) -> None:
+    """The comparison's figures recomputed from what the store holds, not from the code that logged them.
+
+    - `main_drop` is 100 * (dense - sparse) of the ONNX metric the gates read; `main_drop_pytorch` the same
+      for the PyTorch metric;
+    - every `speedup.<engine>.bs<N>` (and `speedup_vs_onnxruntime.*`) is the median over the benchmark
+      session's rounds of dense latency / sparse latency in that round, read from each child run's
+      per-round history, and its .min/.max the extremes;
+    - the registered version's tags are what the parent run logged (read back from the registry).
+    """
+    import statistics
+
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    parent, children = family(store, parent_id)
+    metrics = parent.data.metrics
+    main = parent.data.params.get("config.eval_metric") or _main_metric_name(metrics)
+    dense, sparse = children["dense"], children.get("sparse", children["dense"])
+    assert metrics["main_drop"] == round(100 * (metrics[f"dense.onnx.{main}"] - metrics[f"sparse.onnx.{main}"]), 4)
+    assert metrics["main_drop_pytorch"] == round(100 * (metrics[f"dense.{main}"] - metrics[f"sparse.{main}"]), 4)
+
+    def rounds(run_id: str, key: str) -> list[float]:
+        history = sorted(client.get_metric_history(run_id, f"{key}.round_latency_ms"), key=lambda m: m.step)
+        return [m.value for m in history]
+
+    speedups = {k: v for k, v in metrics.items() if k.startswith(("speedup.", "speedup_vs_onnxruntime."))
+                and not k.endswith((".min", ".max"))}
+    assert any(k.startswith("speedup.") for k in speedups), sorted(metrics)
+    for name, value in speedups.items():
+        key = name.split(".", 1)[1]
+        reference_key = key if name.startswith("speedup.") else f"onnxruntime.{key.split('.', 1)[1]}"
+        ratios = [d / s for d, s in zip(rounds(dense.info.run_id, reference_key), rounds(sparse.info.run_id, key))]
+        assert len(ratios) == int(parent.data.params["config.benchmark_rounds"]), (name, ratios)
+        assert abs(value - statistics.median(ratios)) <= 1e-6 * value, (name, value, ratios)
+        assert abs(metrics[f"{name}.min"] - min(ratios)) <= 1e-6 * value
+        assert abs(metrics[f"{name}.max"] - max(ratios)) <= 1e-6 * value
+    registered = parent.data.tags.get("sparsify.registered_model")
+    if registered:
+        tags = client.get_model_version(registered, parent.data.tags["sparsify.registered_version"]).tags
+        engine = tags["speedup_engine"]
+        assert tags["main_drop"] == f"{metrics['main_drop']:.2f}"
+        assert tags["speedup"] == f"{metrics[f'speedup.{engine}.bs1']:.2f}"
+        assert tags[tags["main_metric"]] == f"{metrics['sparse.onnx.' + tags['main_metric']]:.4f}"
+        assert tags["benchmark_reliable"] == parent.data.tags["sparsify.benchmark_reliable"]
+
+
+def _main_metric_name(metrics: dict[str, float]) -> str:
+    names = [k.removeprefix("sparse.onnx.") for k in metrics if k.startswith("sparse.onnx.")]
+    return "accuracy" if "accuracy" in names else sorted(names)[0]

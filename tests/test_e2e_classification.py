@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
-from mlflow_checks import family, registered_versions, run_project
+from mlflow_checks import assert_comparison_follows_its_definitions, family, registered_versions, run_project
 from sparsify_mlflow.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -47,6 +47,7 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
     history = client.get_metric_history(sparse.info.run_id, "sparsity.overall")
     assert [m.step for m in history] == [1, 2]
     assert "val.accuracy" in sparse.data.metrics and "train.loss" in sparse.data.metrics
+    assert_comparison_follows_its_definitions(store, summary["parent_run_id"])
 
 
 def run_cli(*args: str) -> None:
@@ -134,16 +135,28 @@ def test_level_zero_registers_the_dense_baseline_itself(image_folder: Path, stor
 
 
 def test_user_recipe_replaces_the_derived_one(image_folder: Path, store: str, tmp_path: Path, capsys) -> None:
+    """The record describes the file that was trained: its sparsity and INT8, no optim level."""
     assert main(["recipe", "--optim-level", "0.3", "--epochs", "2", "--num-classes", "2"]) == 0
     recipe = capsys.readouterr().out.replace("final_sparsity: 0.6", "final_sparsity: 0.4")
     (tmp_path / "mine.yaml").write_text(recipe)
     summary_path = tmp_path / "summary.json"
     run_cli("training-aware", "--data", str(image_folder), "--recipe", str(tmp_path / "mine.yaml"),
             "--tracking-uri", store, "--working-dir", str(tmp_path), "--summary-json", str(summary_path),
-            "--no-register", *TINY)
+            "--registered-model-name", "mine", *TINY)
     summary = json.loads(summary_path.read_text())
     assert abs(summary["sparse"]["sparsity.pruned_layers"] - 0.4) < 0.01
-    assert summary["registered_model"] is None and registered_versions(store) == []
+    assert summary["optim_level"] is None and summary["recipe_source"] == "file mine.yaml"
+    assert summary["target_sparsity"] == 0.4 and summary["quantized"] is True
     parent, _ = family(store, summary["parent_run_id"])
+    assert parent.info.run_name.endswith("-recipe-mine")
+    params = parent.data.params
+    assert params["recipe.source"] == "file mine.yaml" and "recipe.optim_level" not in params
+    assert params["recipe.target_sparsity"] == "0.4" and params["recipe.group0.final_sparsity"] == "0.4"
+    assert params["recipe.quantize"] == "True" and params["config.optim_level"] == ""
     logged = MlflowClient(tracking_uri=store).download_artifacts(parent.info.run_id, "recipe.yaml", str(tmp_path))
     assert "final_sparsity: 0.4" in Path(logged).read_text()
+    version = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version("mine", "1")
+    assert version.tags["target_sparsity"] == "0.4" and version.tags["optim_level"] == ""
+    assert version.tags["recipe_source"] == "file mine.yaml" and version.tags["int8"] == "true"
+    assert "recipe mine.yaml" in version.description and "optim level" not in version.description
+    assert "recipe mine.yaml (target sparsity 40%, INT8)" in capsys.readouterr().out

@@ -101,6 +101,13 @@ def test_console_table_marks_the_recommendation_and_failures() -> None:
         {"level": "0.7", "status": "FAILED", "failure_reason": "RuntimeError: out of memory"},
     ]
     table = sweep_table_rows(rows, 16)
-    assert table[0] == ("dense", "0.0%", "0.9500", "+0.00", "40.00", "30.0", "1.00x", "42.70", "")
-    assert table[1][0] == "0.5 *" and table[1][-1] == "3"
-    assert table[2] == ("0.7", "FAILED", "", "", "", "", "", "", "")
+    assert table[0] == ("dense", "0.0%", "0.9500", "", "40.00", "30.0", "1.00x", "-", "42.70", "")
+    assert table[1][0] == "0.5 *" and table[1][3] == "-0.90 pt" and table[1][-1] == "3"
+    assert table[2] == ("0.7", "FAILED", "", "", "", "", "", "", "", "")
+
+
+def test_a_level_slower_than_dense_is_never_recommended_on_speed() -> None:
+    slow = Point("0.5", main=0.95, latency_ms=50.0, throughput=25.0, main_drop=0.0, speedup=0.62)
+    pick = recommend([DENSE, slow], max_metric_drop=1.0, engine="deepsparse")
+    assert pick.index is None
+    assert pick.reason.startswith("no level is faster than the dense model on deepsparse") and "0.62x" in pick.reason

@@ -22,7 +22,8 @@ from sparsify_mlflow.cli import main
 from sparsify_mlflow.config import TrainKwargs, build_config
 from sparsify_mlflow.engines import deepsparse_status, parse_unsupported_ops, unsupported_op_types
 from sparsify_mlflow.errors import ConfigError
-from sparsify_mlflow.experiment import _engine_settings, benchmark_engines
+from sparsify_mlflow.experiment import _check_engine
+from sparsify_mlflow.speed_session import plan_session
 from sparsify_mlflow.levels import PruningScope, RecipeArgs, plan_recipe, recipe_yaml
 from sparsify_mlflow.training import SIMULATED_MEMORY_ENV, OutOfMemory, apply_train_kwargs, is_out_of_memory
 from test_cli_errors import run_cli
@@ -180,12 +181,14 @@ def test_oom_step_down_fails_clearly_after_three_retries(monkeypatch, tmp_path: 
 # ---- engines --------------------------------------------------------------------------------------
 
 def test_deploy_engine_chooses_what_benchmarks(tmp_path: Path) -> None:
-    assert benchmark_engines("deepsparse", "dense") == ("deepsparse", "onnxruntime")
-    assert benchmark_engines("deepsparse", "sparse") == ("deepsparse",)
-    assert benchmark_engines("onnxruntime", "dense") == benchmark_engines("onnxruntime", "sparse") == ("onnxruntime",)
-    # ONNX Runtime only: DeepSparse is not even probed (the file need not exist), and it checks the metric
-    settings, check, notes = _engine_settings(tmp_path / "absent.onnx", ("onnxruntime",), (1, 4))
-    assert settings == [("onnxruntime", 1), ("onnxruntime", 4)] and check == ("onnxruntime", 4) and notes == []
+    """The dense reference is also timed on ONNX Runtime; with ONNX Runtime as the deploy engine DeepSparse
+    is not even probed (the files need not exist), and ONNX Runtime checks the metric."""
+    files = {"dense": tmp_path / "absent-dense.onnx", "sparse": tmp_path / "absent-sparse.onnx"}
+    entrants, notes = plan_session(files, {"dense": ("onnxruntime",), "sparse": ("onnxruntime",)}, (1, 4),
+                                   reference="dense")
+    assert [e.settings for e in entrants] == [(("onnxruntime", 1), ("onnxruntime", 4))] * 2 and notes == []
+    cfg = build_config("cv-classification", deploy_engine="onnxruntime", benchmark_batch_size=4, working_dir=tmp_path)
+    assert _check_engine(files["sparse"], cfg) == ("onnxruntime", 4)
 
 
 DIAGNOSE_LOG = """\
@@ -236,7 +239,7 @@ def test_unsupported_ops_of_a_real_graph(tmp_path: Path) -> None:
 def test_parity_run_fallback_oom_options_folder_and_its_mlflow_copy(monkeypatch, store: str, tmp_path: Path) -> None:
     monkeypatch.setenv("SPARSIFY_DISABLE_DEEPSPARSE", "1")     # DeepSparse "unavailable", by configuration
     monkeypatch.setenv(SIMULATED_MEMORY_ENV, "4")               # batches above 4 fail to allocate
-    data = make_image_folder(tmp_path / "images", per_class=12)
+    data = make_image_folder(tmp_path / "images", per_class=24)  # 36 rows: QAT (the last half) gets a step of 16
     summary_path = tmp_path / "summary.json"
     assert main(["training-aware", "--data", str(data), "--model", "resnet18", "--no-pretrained", "--epochs", "1",
                  "--batch-size", "16", "--image-size", "32", "--benchmark-batch-size", "4",

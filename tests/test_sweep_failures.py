@@ -23,7 +23,7 @@ def stub_dense_baseline(session: experiment.Session, folder: Path) -> experiment
     return experiment._Trained(report, session.model)
 
 
-def broken_training(cfg, *args, **kwargs):
+def broken_training(session, cfg, *args, **kwargs):
     raise RuntimeError(f"no memory left at level {cfg.optim_level:g}")
 
 
@@ -33,7 +33,7 @@ def test_every_level_failing_fails_the_sweep(image_folder: Path, store: str, tmp
     monkeypatch.setattr(experiment, "_training_aware", broken_training)
     code = main(["sweep", "--data", str(image_folder), "--optim-levels", "0.3,0.5", "--max-metric-drop", "1",
                  "--tracking-uri", store, "--working-dir", str(tmp_path), "--model", "resnet18", "--no-pretrained",
-                 "--image-size", "32", "--epochs", "2"])
+                 "--image-size", "32", "--epochs", "2", "--batch-size", "4"])
     assert code == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == (

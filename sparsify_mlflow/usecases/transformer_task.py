@@ -42,6 +42,10 @@ class EncodedDataset(torch.utils.data.Dataset):
         return {k: torch.from_numpy(np.asarray(v[i])) for k, v in (self.arrays | self.targets).items()}
 
 
+def _short(names: list[str], shown: int = 4) -> str:
+    return "[" + ", ".join(names[:shown]) + (", ..." if len(names) > shown else "") + "]"
+
+
 def int64_arrays(encoded: Any) -> dict[str, np.ndarray]:
     """The tokenizer's model inputs as contiguous int64 arrays (what the ONNX graph takes)."""
     return {k: np.ascontiguousarray(encoded[k], dtype=np.int64) for k in TOKENIZER_ORDER if k in encoded}
@@ -68,6 +72,31 @@ class TransformerTask:
     def load_model(self, name: str, label_names: list[str], pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
         """The task's AutoModelFor... with its head sized to `label_names`, plus facts to log."""
         raise NotImplementedError
+
+    def load_teacher(self, name: str, data: DataBundle) -> tuple[nn.Module, dict[str, Any]]:
+        """An external distillation teacher, checked before any training: the student's label names in the
+        same order (a head with other labels would teach the wrong classes) and the same tokenizer
+        vocabulary (the same ids must mean the same tokens); ModelError, one line, otherwise."""
+        from transformers import AutoConfig
+
+        from sparsify_mlflow.errors import ModelError
+        from sparsify_mlflow.usecases.transformers_models import _from_pretrained, load_tokenizer, resolve_model_source
+
+        source, how = resolve_model_source(name)
+        config = _from_pretrained(AutoConfig.from_pretrained, name, source, how, "teacher's config")
+        if data.label_names:
+            labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+            if labels != list(data.label_names):
+                raise ModelError(f"--teacher {name} predicts {len(labels)} labels {_short(labels)}, the data has "
+                                 f"{len(data.label_names)} {_short(list(data.label_names))}: a teacher must be trained "
+                                 f"on the same labels in the same order")
+        student = data.train.tokenizer.get_vocab()
+        teacher = load_tokenizer(name, data.train.tokenizer.model_max_length).get_vocab()
+        if teacher != student:
+            raise ModelError(f"--teacher {name}'s tokenizer has another vocabulary ({len(teacher)} tokens vs the "
+                             f"student's {len(student)}{', same size, other ids' if len(teacher) == len(student) else ''}): "
+                             f"its inputs would not mean the same tokens")
+        return self.load_model(name, list(data.label_names), pretrained=True)  # its own head: the sizes match
 
     def create_model(self, cfg: ExperimentConfig, num_labels: int, pretrained: bool) -> tuple[nn.Module, dict[str, Any]]:
         return self.load_model(cfg.model, [f"LABEL_{i}" for i in range(num_labels)], pretrained)

@@ -1,0 +1,73 @@
+"""A real experiment benchmarked with DeepSparse beside a CPU-burning process, and on an idle machine.
+
+Marked `serial`: `make test` runs these alone, after the parallel tests, so "idle" means idle.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_checks import family
+from sparsify_mlflow.cli import main
+from sparsify_mlflow.engines import deepsparse_status
+from sparsify_mlflow.speed_session import OTHER_CORES_LIMIT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.serial,
+              pytest.mark.skipif(not deepsparse_status()[0], reason=f"needs DeepSparse: {deepsparse_status()[1]}")]
+
+ARGS = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--image-size", "32",
+        "--benchmark-batch-size", "4", "--benchmark-iterations", "40", "--optim-level", "0.5"]
+BURN = "while True: pass"
+
+
+def experiment(image_folder: Path, store: str, tmp_path: Path, name: str) -> dict:
+    summary = tmp_path / f"{name}.json"
+    assert main(["training-aware", "--data", str(image_folder), "--tracking-uri", store, "--working-dir",
+                 str(tmp_path), "--summary-json", str(summary), "--registered-model-name", name, *ARGS]) == 0
+    return json.loads(summary.read_text())
+
+
+def promote(store: str, name: str, *extra: str) -> int:
+    return main(["promote", "--tracking-uri", store, "--registered-model-name", name, "--alias", "candidate",
+                 "--to", "champion", "--min-speedup", "0.01", *extra])
+
+
+def test_busy_machine_marks_the_speedups_unreliable_and_promotion_refuses(image_folder, store, tmp_path, capsys):
+    cpus = __import__("os").sched_getaffinity(0)
+    burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in cpus]  # one per CPU we run on
+    try:
+        summary = experiment(image_folder, store, tmp_path, "busy")
+    finally:
+        for proc in burners:
+            proc.kill()
+    out = capsys.readouterr().out
+    assert "warning: speedups unreliable: other processes used" in out and "(!)" in out
+    parent, _ = family(store, summary["parent_run_id"])
+    assert parent.data.tags["sparsify.benchmark_reliable"] == "false"
+    assert parent.data.metrics["benchmark.other_cores"] > OTHER_CORES_LIMIT
+    assert summary["benchmark_reliable"] is False
+    version = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version_by_alias("busy", "candidate")
+    assert version.tags["benchmark_reliable"] == "false" and "other processes" in version.tags["benchmark_load"]
+    assert promote(store, "busy") == 2
+    err = capsys.readouterr().err
+    assert "comes from an unreliable benchmark" in err and "--accept-unreliable-speedup" in err
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    with pytest.raises(Exception):
+        client.get_model_version_by_alias("busy", "champion")
+    assert promote(store, "busy", "--accept-unreliable-speedup") == 0
+    assert "unreliable benchmark, accepted" in client.get_model_version_by_alias("busy", "champion").tags[
+        "promotion_checks"]
+
+
+def test_idle_machine_marks_the_speedups_reliable(image_folder, store, tmp_path, capsys):
+    summary = experiment(image_folder, store, tmp_path, "idle")
+    parent, _ = family(store, summary["parent_run_id"])
+    assert parent.data.metrics["benchmark.other_cores"] < OTHER_CORES_LIMIT
+    assert parent.data.tags["sparsify.benchmark_reliable"] == "true", parent.data.tags["sparsify.benchmark_load"]
+    assert "unreliable" not in capsys.readouterr().out
+    assert promote(store, "idle") == 0

@@ -1,0 +1,125 @@
+"""The benchmark session on real engines: interleaved rounds, ratios by their definition, load detection."""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparsify_mlflow.speed_session import (
+    OTHER_CORES_LIMIT,
+    Entrant,
+    LoadMeter,
+    SessionResult,
+    plan_session,
+    run_session,
+)
+
+
+def matmul_chain(path: Path, depth: int, width: int = 256) -> Path:
+    """y = x @ W1 @ W2 ... (depth matmuls): a deeper chain is slower by about depth / other depth."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(depth)
+    nodes, inits, previous = [], [], "input"
+    for i in range(depth):
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) / width).astype(np.float32), f"W{i}"))
+        output = "output" if i == depth - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [previous, f"W{i}"], [output]))
+        previous = output
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("chains")
+    return {"slow": matmul_chain(folder / "slow.onnx", 24), "fast": matmul_chain(folder / "fast.onnx", 3)}
+
+
+ROWS = [np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32)]
+
+
+def test_speedups_are_medians_of_per_round_ratios(chains) -> None:
+    entrants = [Entrant("slow", chains["slow"], (("onnxruntime", 1), ("onnxruntime", 16))),
+                Entrant("fast", chains["fast"], (("onnxruntime", 1), ("onnxruntime", 16)))]
+    result = run_session(entrants, ROWS, iterations=10, rounds=5)
+    speedups = result.speedups("slow", "fast")
+    assert set(speedups) == {"speedup.onnxruntime.bs1", "speedup.onnxruntime.bs16"}
+    for name, ratio in speedups.items():
+        key = name.removeprefix("speedup.")
+        slow, fast = result.measurements["slow"][key], result.measurements["fast"][key]
+        per_round = [s / f for s, f in zip(slow.round_ms, fast.round_ms)]
+        assert len(per_round) == 5
+        assert ratio.value == statistics.median(per_round)
+        assert (ratio.low, ratio.high) == (min(per_round), max(per_round))
+        assert slow.result.iterations >= 10 and slow.result.batch_size == int(key.split("bs")[1])
+    assert speedups["speedup.onnxruntime.bs16"].value > 2, "24 matmuls against 3 must be measured as faster"
+
+
+def test_every_candidate_gets_a_same_engine_partner(chains) -> None:
+    """A candidate on an engine the reference was not timed on is also timed on ONNX Runtime, which the
+    reference always gets, so no ratio compares two engines."""
+    entrants, notes = plan_session({"dense": chains["slow"], "sparse": chains["fast"]},
+                                   {"dense": ("onnxruntime",), "sparse": ("deepsparse",)}, (1, 4), reference="dense")
+    settings = {e.label: set(e.settings) for e in entrants}
+    assert settings["dense"] == {("onnxruntime", 1), ("onnxruntime", 4)}
+    assert {("onnxruntime", 1), ("onnxruntime", 4)} <= settings["sparse"]
+    result = run_session(entrants, ROWS, iterations=2, rounds=2)
+    assert set(result.speedups("dense", "sparse")) >= {"speedup.onnxruntime.bs1", "speedup.onnxruntime.bs4"}
+    assert not any(name.startswith("speedup.deepsparse") for name in result.speedups("dense", "sparse"))
+
+
+BURN = "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhile time.time() < end: pass\n"
+
+
+@pytest.mark.serial  # "no other load" needs the machine to itself
+def test_load_meter_counts_other_processes_on_our_cpus_not_ourselves() -> None:
+    meter = LoadMeter()
+    with meter.measuring():  # our own busy loop is not contention
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:
+            pass
+    assert meter.load().other_cores < OTHER_CORES_LIMIT
+    burners = [subprocess.Popen([sys.executable, "-c", BURN, "1.5"]) for _ in meter.cpus]
+    try:
+        time.sleep(0.2)
+        busy = LoadMeter()
+        with busy.measuring():
+            time.sleep(1.0)
+    finally:
+        for proc in burners:
+            proc.wait()
+    assert busy.load().other_cores > 0.5 * len(busy.cpus), busy.load()
+
+
+def test_reliability_names_the_cause(chains) -> None:
+    from sparsify_mlflow.speed_session import Load, Measurement, Ratio
+
+    quiet = SessionResult({}, Load(0.01, 0.0, 2, 5.0), 5)
+    assert quiet.reliability({"speedup.deepsparse.bs1": Ratio(2.0, 1.9, 2.1, (2.0,))}).reliable
+    busy = SessionResult({}, Load(0.9, 0.0, 2, 5.0), 5)
+    verdict = busy.reliability({"speedup.deepsparse.bs1": Ratio(2.0, 1.9, 2.1, (2.0,))})
+    assert not verdict.reliable and "other processes used 0.90" in verdict.reason and "--num-cores" in verdict.reason
+    spread = quiet.reliability({"speedup.deepsparse.bs1": Ratio(1.0, 0.4, 1.8, (0.4, 1.0, 1.8))})
+    assert not spread.reliable and "ranged 0.40x-1.80x" in spread.reason
+    from sparsify_mlflow.benchmark import BenchmarkResult
+
+    one = BenchmarkResult("onnxruntime", 1, 2, 1.0, 1.0, 0.0, 1.0, 1000.0, 10, 1, 0.0, None)
+    jumpy = SessionResult({"model": {"onnxruntime.bs1": Measurement((1.0, 3.0, 1.0), one)}}, Load(0.0, 0.0, 2, 5.0), 3)
+    assert not jumpy.reliability().reliable, "a single model's session judges its latency's spread"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="per-CPU accounting needs sched_getaffinity (Linux)")
+def test_load_meter_reads_only_the_cpus_we_may_use() -> None:
+    assert set(LoadMeter().cpus) == os.sched_getaffinity(0)
