@@ -99,8 +99,10 @@ def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 1
             cpu = cpu_info()
             tracking.log_params({"model_uri": model_uri, "registered_model": name, "registered_version": version,
                                  "engine": engine, "batch_sizes": ",".join(map(str, batch_sizes)),
-                                 "iterations": iterations, "rounds": rounds, "num_cores": num_cores or "",
-                                 "input_source": source, **{f"cpu.{k}": v for k, v in cpu.items()}})
+                                 "iterations": iterations, "rounds": rounds, "input_source": source,
+                                 # only when given: `mlflow run` logged the raw '' under the same name
+                                 **({"num_cores": num_cores} if num_cores else {}),
+                                 **{f"cpu.{k}": v for k, v in cpu.items()}})
             if notes:
                 mlflow.set_tag("sparsify.engine_fallback", "; ".join(notes)[:5000])
             print(f"Benchmarking {name} version {version} on {', '.join(dict.fromkeys(e for e, _ in entrants[0].settings))}"

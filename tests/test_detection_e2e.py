@@ -16,7 +16,8 @@ from sparsify_mlflow.data.synthetic_yolo import make_yolo_dataset
 
 pytestmark = pytest.mark.e2e
 
-TINY = {"optim_level": "0.5", "epochs": "2", "batch_size": "8", "image_size": "32",
+# batch size 4: 12 training images make 3 steps per epoch, so the QAT phase (the last 2/3 epoch) trains
+TINY = {"optim_level": "0.5", "epochs": "2", "batch_size": "4", "image_size": "32",
         "benchmark_batch_size": "4", "benchmark_iterations": "3", "pretrained": "false"}
 
 

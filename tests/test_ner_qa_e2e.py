@@ -127,12 +127,13 @@ def predict_registered(store: str, name: str, seq: int) -> dict:
                                             ("qa", "BertForQuestionAnswering")])
 def test_the_packaged_minilm_is_the_default_model(store: str, tmp_path: Path, use_case: str, arch: str) -> None:
     """No --model and no hub: both use cases fine-tune, prune, quantize, export, benchmark and
-    register the packaged MiniLM (one short epoch on a little generated data; the tests below check
-    the rest of the flow with a 2-layer BERT, which is several times faster)."""
+    register the packaged MiniLM (one short epoch on a little generated data, in batches of 4 so that
+    the QAT phase, its last third, trains; the tests below check the rest of the flow with a 2-layer
+    BERT, which is several times faster)."""
     data = write_conll(tmp_path / "conll", 40) if use_case == "ner" else write_flat_qa(tmp_path / "qa.jsonl", 24)
     summary_path = tmp_path / "summary.json"
     assert main(["training-aware", "--use-case", use_case, "--data", str(data),
-                 "--max-seq-length", "32" if use_case == "ner" else "64", "--epochs", "1", "--batch-size", "16",
+                 "--max-seq-length", "32" if use_case == "ner" else "64", "--epochs", "1", "--batch-size", "4",
                  "--benchmark-batch-size", "2", "--benchmark-iterations", "3", "--tracking-uri", store,
                  "--working-dir", str(tmp_path), "--summary-json", str(summary_path),
                  "--registered-model-name", f"minilm-{use_case}"]) == 0
@@ -145,6 +146,7 @@ def test_the_packaged_minilm_is_the_default_model(store: str, tmp_path: Path, us
     assert abs(metrics["sparse.sparsity.pruned_layers"] - 0.7) <= 0.01
     assert metrics["sparse.deepsparse.bs1.fraction_of_supported_ops"] == 1.0
     assert "sparse.onnx.f1" in metrics and "speedup.deepsparse.bs1" in metrics
+    assert summary["quantized"] is True, "an INT8 file: the QAT phase saw optimizer steps"
     assert [str(v.version) for v in registered_versions(store)] == ["1"]
 
 
