@@ -9,8 +9,10 @@ as BenchmarkResult.compile_seconds is.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -92,8 +94,7 @@ def _run_group(group: dict[str, Any], args: dict[str, Any], out: dict[str, Any],
         for key in order:
             out["progress"] = f"timing {key} ({group['name']}, round {rnd + 1})"
             save(out)
-            eng = engines[key]
-            run = time_run(lambda: eng.run(batch), warmup=int(args["warmup"]),
+            run = time_run(partial(engines[key].run, batch), warmup=int(args["warmup"]),
                            min_seconds=float(args["min_seconds"]),
                            min_iterations=int(args["min_iterations"]),
                            max_iterations=int(args["max_iterations"]))

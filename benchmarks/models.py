@@ -34,7 +34,7 @@ def build_model(spec: ModelSpec):
                         max_position_embeddings=512, num_labels=2)
     model = BertForSequenceClassification(config)
     try:  # the project's NLP helper, when present: the same modification its use cases apply
-        from sparsify_mlflow.usecases.transformers_models import make_qat_ready
+        from sparsify_mlflow.usecases.nlp.transformers_models import make_qat_ready
     except ImportError:
         return modify(model)  # attention matmuls as QATMatMul modules (STACK.md)
     make_qat_ready(model)
@@ -54,7 +54,7 @@ def pruning_scope(spec: ModelSpec, model):
 
         return ImageClassification().pruning_scope(model)
     try:
-        from sparsify_mlflow.usecases.transformers_models import encoder_scope
+        from sparsify_mlflow.usecases.nlp.transformers_models import encoder_scope
     except ImportError:
         pass
     else:
@@ -101,12 +101,11 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
     import os
 
     import torch
+    from sparseml.pytorch.optim import ScheduledModifierManager
 
     from sparsify_mlflow.export import export_onnx
     from sparsify_mlflow.levels import plan_recipe, recipe_yaml
     from sparsify_mlflow.training import scope_sparsity
-
-    from sparseml.pytorch.optim import ScheduledModifierManager
 
     os.environ.update(NM_TEST_MODE="1", NM_TEST_LOG_DIR=str(log_dir))  # as training.train does
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -64,8 +64,8 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
                 "yes" if row["quantized"] else "no", _f(row.get("fraction_of_supported_ops"), ".2f"),
                 _spread(lat.get("latency_ms"), ".1f"), _f(_med(lat.get("latency_ms_best")), ".1f"),
                 _spread(tp.get("items_per_second"), ".1f"),
-                _f(_med(lat.get("speedup_vs_deepsparse_dense")), ".2f"), _f(_med(tp.get("speedup_vs_deepsparse_dense")), ".2f"),
-                _f(_med(lat.get("speedup_vs_onnxruntime_dense")), ".2f"), _f(_med(tp.get("speedup_vs_onnxruntime_dense")), ".2f"),
+                *(_f(_med(fig.get(name)), ".2f") for name in ("speedup_vs_deepsparse_dense", "speedup_vs_onnxruntime_dense")
+                  for fig in (lat, tp)),
             ])
             for bs, why in row.get("failures", {}).items():
                 notes.append(f"level {row['level']:g} {bs}: {why}")
@@ -93,7 +93,8 @@ def training_table(res: dict[str, Any]) -> list[Table]:
     title = (f"2. Training cost: {tr['model']} {tr['image_size']}px batch {tr['batch_size']}, optim level "
              f"{tr['optim_level']:g} recipe, {tr['threads']} torch threads")
     notes = ["Step = start of one step to the start of the next (data, forward, backward, optimizer step with "
-             "the recipe's hooks); median = a typical step, mean = including the pruning ramp's mask updates. Peak RSS per phase is sampled in the training process (phases of one run "
+             "the recipe's hooks); median = a typical step, mean = including the pruning ramp's mask updates. "
+             "Peak RSS per phase is sampled in the training process (phases of one run "
              "follow each other, so a later phase includes what an earlier one kept); plain and dense are "
              "whole-process peaks of their own runs."]
     return [(title, header, rows, notes)]
@@ -155,7 +156,7 @@ def export_table(res: dict[str, Any]) -> list[Table]:
 
 def targets_table(res: dict[str, Any]) -> list[Table]:
     header = ["target", "goal", "measured", "result", "note"]
-    rows = [[t["name"], t["goal"], _f(t["measured"], ".2f" if t["unit"] != "s" else ".0f", t["unit"] if t["unit"] != "" else ""),
+    rows = [[t["name"], t["goal"], _f(t["measured"], ".2f" if t["unit"] != "s" else ".0f", t["unit"]),
              t["status"], t["note"]] for t in res["targets"]]
     return [(f"Targets (machine: {res['machine'].get('isa')}, VNNI {'yes' if res['machine'].get('vnni') else 'no'})",
              header, rows, [])]

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,8 +26,8 @@ os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks import report, targets  # noqa: E402
-from benchmarks.proc import ROOT  # noqa: E402
 from benchmarks import settings as _settings  # noqa: E402
+from benchmarks.proc import ROOT  # noqa: E402
 
 SCHEMA_VERSION = 1
 SECTIONS = ("engine", "training", "e2e")
@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=None,
                    help="keep exported models and job folders here (default: a temp dir, removed at the end); "
                         "with --reuse-models, models built by an earlier run with the same code are reused")
-    p.add_argument("--reuse-models", action="store_true", help="reuse models in --work-dir (export times are then the earlier run's)")
+    p.add_argument("--reuse-models", action="store_true",
+                   help="reuse models in --work-dir (export times are then the earlier run's)")
     p.add_argument("--resume", action="store_true",
                    help="with --work-dir: continue an interrupted run: reuse its models, finished engine timing "
                         "groups and finished sections (results.json lists what was reused)")
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks import engine, sections
 
-    started, t0, load = datetime.now(timezone.utc), time.perf_counter(), LoadMeter()
+    started, t0, load = datetime.now(UTC), time.perf_counter(), LoadMeter()
     results: dict[str, object] = {
         "schema_version": SCHEMA_VERSION, "suite": "sparsify-mlflow benchmarks", "mode": st.mode,
         "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         background.join()
 
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    results["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["load"] = load.result()
     results["targets"] = targets.evaluate(results)
     logs = out / "logs"

@@ -4,11 +4,20 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from benchmarks.proc import (ChildResult, child_env, failure_reason, figure, ratio_figure, run_command,
-                             run_worker, threads_env)
+from benchmarks.proc import (
+    ChildResult,
+    child_env,
+    failure_reason,
+    figure,
+    ratio_figure,
+    run_command,
+    run_worker,
+    threads_env,
+)
 from benchmarks.settings import Settings
 
 Say = Callable[[str], None]

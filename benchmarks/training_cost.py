@@ -97,7 +97,7 @@ def run_training(args: dict[str, Any]) -> dict[str, Any]:
 
     from benchmarks.proc import RssSampler, maxrss_mb
     from sparsify_mlflow.levels import plan_recipe, recipe_yaml
-    from sparsify_mlflow.training import train
+    from sparsify_mlflow.training import Stage, train
     from sparsify_mlflow.usecases.image_classification import ImageClassification
     from sparsify_mlflow.usecases.vision import build_vision_model
 
@@ -121,9 +121,9 @@ def run_training(args: dict[str, Any]) -> dict[str, Any]:
             plan = plan_recipe(level, int(args["epochs"]), scope, lr)
             schedule = plan.schedule
             clock = StepClock(spe, schedule, sampler)
-            train(model, TimedUseCase(use_case, clock), data, recipe_yaml(plan), scope, batch_size=batch,
-                  lr=lr, seed=int(args["seed"]), device=torch.device("cpu"), desc=kind,
-                  log_dir=Path(args["log_dir"]), on_epoch=lambda _stats: clock.end_epoch())
+            stage = Stage(recipe_yaml(plan), batch, lr, int(args["seed"]), kind, Path(args["log_dir"]),
+                          on_epoch=lambda _stats: clock.end_epoch())
+            train(model, TimedUseCase(use_case, clock), data, scope, stage, torch.device("cpu"))
         seconds = time.perf_counter() - start
         sampler.mark("end")
     run_peak = max(v for k, v in sampler.peak_by_label.items() if k != "start")

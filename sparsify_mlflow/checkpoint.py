@@ -61,13 +61,13 @@ class Checkpoint:
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path} does not exist") from None
         except Exception as exc:  # noqa: BLE001 - truncated/garbage files raise many types
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(f"checkpoint {path} is corrupt or not a sparsify-mlflow checkpoint "
-                                  f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})"
-                                  ) from None
+                                  f"({type(exc).__name__}: {first})") from None
         keys = {"format", "epoch", "batch_size", "model", "optimizer", "manager", "rng", "history"}
         if not isinstance(payload, dict) or not keys <= set(payload):
-            raise CheckpointError(f"checkpoint {path} is not a sparsify-mlflow checkpoint (missing "
-                                  f"{', '.join(sorted(keys - set(payload))) if isinstance(payload, dict) else 'everything'})")
+            missing = ", ".join(sorted(keys - set(payload))) if isinstance(payload, dict) else "everything"
+            raise CheckpointError(f"checkpoint {path} is not a sparsify-mlflow checkpoint (missing {missing})")
         if payload["format"] != FORMAT_VERSION:
             raise CheckpointError(f"checkpoint {path} has format {payload['format']}, this version reads {FORMAT_VERSION}")
         return cls(epoch=int(payload["epoch"]), batch_size=int(payload["batch_size"]), model=payload["model"],

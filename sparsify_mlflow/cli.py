@@ -17,31 +17,28 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 for _name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+from sparsify_mlflow.config import COMMON_OPTIONS  # noqa: E402 - declarations only: no torch, no mlflow
 from sparsify_mlflow.errors import UserError  # noqa: E402
+from sparsify_mlflow.options import (  # noqa: E402
+    OPT_FLOAT,
+    OPT_INT,
+    RECIPE,
+    SWEEP,
+    TRAINING,
+    TRAINING_AWARE,
+    Declared,
+    click_options,
+    declared,
+    with_options,
+)
 
-class _Optional(click.ParamType):
-    """An int/float option that MLproject may pass as '' (its way of saying "not given")."""
-
-    def __init__(self, kind: type):
-        self.kind = kind
-        self.name = f"optional {kind.__name__}"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value is None or isinstance(value, self.kind):
-            return value
-        if isinstance(value, str) and not value.strip():
-            return None
-        try:
-            return self.kind(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a valid {self.kind.__name__}", param, ctx)
-
-
-OPT_INT, OPT_FLOAT = _Optional(int), _Optional(float)
-TRISTATE = click.Choice(["auto", "true", "false"], case_sensitive=False)
-# A flag MLproject can pass as a value: --flag alone means true, --flag false/true as given.
-TRISTATE_FLAG = click.Choice(["true", "false"], case_sensitive=False)
-USE_CASE_HELP = "cv-classification, nlp-text_classification, ... (aliases accepted, e.g. image_classification)"
+# Command controls and old spellings: options of a command, not of the experiment (see config.py for those).
+DISTILL = Declared("distill", bool, None, "Older spelling of --teacher self / --teacher off.", TRAINING, None, None,
+                   False, None)
+EXTRA_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True}  # the use case's own options
+TRUE_FALSE = click.Choice(["true", "false"], case_sensitive=False)  # a flag MLproject can pass as a value
+USE_CASE_OPTIONS = ("Each use case has options of its own (e.g. --image-size, --max-seq-length, --doc-stride): "
+                    "`sparsify.run use-cases` lists them.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -49,146 +46,114 @@ def cli() -> None:
     """Sparsify-style training-aware experiments (GMP pruning + INT8 QAT), tracked in MLflow."""
 
 
-@cli.command("training-aware")
-@click.option("--use-case", default="cv-classification", show_default=True, help=USE_CASE_HELP)
-@click.option("--model", default=None, help="Model name (e.g. resnet50) or a local .pt/.pth checkpoint. "
-              "Default: the use case's small model, trained from scratch.")
-@click.option("--data", default=None, help="Dataset folder/file (see README). Default: embedded sklearn digits.")
-@click.option("--optim-level", type=OPT_FLOAT, default=None,
-              help="0 = dense baseline; <0.3 INT8 only; 0.3..1.0 = 60%..95% sparsity + INT8; "
-                   "an integer 2..100 is a percent (50 = 0.5). Default 0.5 (without --recipe).")
-@click.option("--epochs", type=OPT_INT, default=None, help="Training epochs (both models). Default per use case.")
-@click.option("--batch-size", type=OPT_INT, default=None, help="Training batch size. Default per use case.")
-@click.option("--lr", type=OPT_FLOAT, default=None, help="Initial learning rate (linear decay). Default per use case.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, init and shuffling.")
-@click.option("--image-size", type=OPT_INT, default=None, help="CV input size in pixels (default 224; 32 for digits).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (benchmarks run on CPU).")
-@click.option("--pretrained/--no-pretrained", default=None,
-              help="Start from pretrained weights (default: yes for a named model, no for the default one).")
-@click.option("--pretrained-weights", type=TRISTATE, default="auto", hidden=True,
-              help="MLproject's spelling of --pretrained/--no-pretrained (auto/true/false).")
-@click.option("--experiment-name", default=None, help="MLflow experiment (default sparsify-training-aware).")
-@click.option("--registered-model-name", default=None, help="Registry name (default <use-case>-<model>).")
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///<working-dir>/mlflow.db.")
-@click.option("--recipe", default=None, help="Use this sparseml recipe YAML instead of the derived one.")
-@click.option("--no-register", is_flag=True, help="Do not register the sparse ONNX model.")
-@click.option("--register", "register_value", type=TRISTATE, default="auto", hidden=True,
-              help="MLproject's spelling of --no-register (true/false).")
-@click.option("--summary-json", default=None, help="Write a machine-readable summary to this path.")
-@click.option("--working-dir", default=".", show_default=True, help="Where the experiment folder and default store go.")
-@click.option("--benchmark-batch-size", type=OPT_INT, default=None, help="Batch size of the throughput benchmark (default 16).")
-@click.option("--benchmark-iterations", type=OPT_INT, default=None,
-              help="Timed batches per model, engine and batch size, over all rounds (default 30).")
-@click.option("--benchmark-rounds", type=OPT_INT, default=None,
-              help="Alternating rounds of the benchmark session; a speedup is the median of the per-round "
-                   "ratios (default 5).")
-@click.option("--num-cores", type=OPT_INT, default=None,
-              help="Cores (threads) the inference engines use (default: every physical core available).")
-@click.option("--max-seq-length", type=OPT_INT, default=None,
-              help="NLP: tokens per example; the exported ONNX has this fixed length (default 128).")
-@click.option("--text-column", default=None,
-              help="NLP: column with the text (default: auto-detected, e.g. text or sentence).")
-@click.option("--text-pair-column", default=None, help="NLP: second text column, for sentence pairs.")
-@click.option("--label-column", default=None, help="NLP: column with the label (default: label).")
-@click.option("--distill/--no-distill", default=None,
-              help="Distil the sparse model from the dense baseline (default: on for NLP, off for CV).")
-@click.option("--distill-mode", type=TRISTATE, default="auto", hidden=True,
-              help="MLproject's spelling of --distill/--no-distill (auto/true/false).")
-@click.option("--distill-hardness", type=OPT_FLOAT, default=None,
-              help="Weight of the distillation loss against the task loss, 0..1 (default 0.5).")
-@click.option("--distill-temperature", type=OPT_FLOAT, default=None,
-              help="Softmax temperature of the distillation loss (default 2.0).")
-@click.option("--teacher", default=None,
-              help="Distillation teacher: off, self (the dense baseline) or a model name/path trained on the "
-                   "same labels (default: self for NLP, off for CV).")
-@click.option("--eval-metric", default=None,
-              help="Main metric for summaries, sweeps and promotion: accuracy, f1, recall, precision "
-                   "(as the use case offers; default accuracy).")
-@click.option("--recipe-args", default=None,
-              help='JSON/YAML mapping overriding the derived recipe, e.g. \'{"num_qat_epochs": 2, "init_lr": 0.01}\'.')
-@click.option("--train-kwargs", default=None,
-              help='JSON/YAML mapping for the training loop: weight_decay, momentum, grad_clip, num_workers.')
-@click.option("--deploy-engine", default="deepsparse", show_default=True,
-              help="Engine that validates and benchmarks the deployment: deepsparse or onnxruntime.")
-@click.option("--tokens-column", default=None, help="Token classification: field with the word list "
-              "(default: auto-detected, tokens or words).")
-@click.option("--tags-column", default=None, help="Token classification: field with the tag list "
-              "(default: auto-detected, ner_tags, tags or labels).")
-@click.option("--doc-stride", type=OPT_INT, default=None, help="Question answering: tokens shared by consecutive "
-              "windows of a long context (default: max-seq-length / 4).")
-@click.option("--max-answer-length", type=OPT_INT, default=None,
-              help="Question answering: longest answer in tokens (default 30).")
-@click.option("--nproc-per-node", type=OPT_INT, default=None,
+@cli.command("training-aware", context_settings=EXTRA_ARGS, epilog=USE_CASE_OPTIONS)
+@with_options([*COMMON_OPTIONS, DISTILL], TRAINING_AWARE)
+@click.option("--nproc-per-node", type=OPT_INT, default=1, show_default=True,
               help="Train with DistributedDataParallel in this many processes on this machine (gloo on CPU, "
                    "NCCL on GPU), relaunched through torchrun; rank 0 alone logs, exports and registers.")
 @click.option("--resume", "resume_run", default=None, metavar="RUN_ID",
               help="Continue a stopped (killed, failed) experiment in its own MLflow runs from its last "
                    "per-epoch checkpoint. It keeps the options it was started with: give only --tracking-uri, "
                    "--working-dir or --summary-json beside it.")
-def training_aware(use_case: str, no_register: bool, register_value: str, pretrained_weights: str,
-                   distill_mode: str, resume_run: str | None, nproc_per_node: int | None, **options: Any) -> None:
+@click.pass_context
+def training_aware(ctx: click.Context, resume_run: str | None, nproc_per_node: int | None, **options: Any) -> None:
     """Fine-tune a dense baseline and a pruned + INT8 model, compare them, register the sparse one."""
     if resume_run:
         _only_resume_options()  # before the heavy imports: a wrong call fails at once
-    from sparsify_mlflow.config import build_config
-    from sparsify_mlflow.experiment import run_training_aware
-    from sparsify_mlflow.summary import print_summary, write_summary_json
-
     if nproc_per_node is not None and nproc_per_node < 1:
         raise UserError(f"--nproc-per-node must be a positive integer, got {nproc_per_node}")
-    if (nproc_per_node or 1) > 1 and "WORLD_SIZE" not in os.environ:
-        if not resume_run:  # bad options fail here, once, before any process starts
-            _check_distributable(build_config(use_case, **_apply_spellings(dict(
-                options, no_register=no_register, register_value=register_value,
-                pretrained_weights=pretrained_weights, distill_mode=distill_mode))))
-        from sparsify_mlflow import distributed
+    from sparsify_mlflow.summary import print_summary, write_summary_json
 
-        raise click.exceptions.Exit(distributed.launch(nproc_per_node, _without_nproc(_ARGV)))
     if resume_run:
+        if (nproc_per_node or 1) > 1 and "WORLD_SIZE" not in os.environ:
+            from sparsify_mlflow import launcher
+
+            raise click.exceptions.Exit(launcher.launch(nproc_per_node, _without_nproc(_ARGV)))
         result = _resume(resume_run, options)
-        print_summary(result)
-        if result.config.summary_json:
-            write_summary_json(result, result.config.summary_json)
-        return
-    options["register"] = not no_register and register_value.lower() != "false"
-    if options["pretrained"] is None and pretrained_weights.lower() != "auto":
-        options["pretrained"] = pretrained_weights.lower() == "true"
-    if options["distill"] is None and distill_mode.lower() != "auto":
-        options["distill"] = distill_mode.lower() == "true"
-    cfg = build_config(use_case, **options)
-    if "WORLD_SIZE" in os.environ:
-        _check_distributable(cfg)
-    result = run_training_aware(cfg)
+    else:
+        cfg = _config(options, ctx.args)  # bad options fail here, once, before any process starts
+        if "WORLD_SIZE" in os.environ or (nproc_per_node or 1) > 1:
+            _check_distributable(cfg)
+        if (nproc_per_node or 1) > 1 and "WORLD_SIZE" not in os.environ:
+            from sparsify_mlflow import launcher
+
+            raise click.exceptions.Exit(launcher.launch(nproc_per_node, _without_nproc(_ARGV)))
+        from sparsify_mlflow.experiment import run_training_aware
+
+        result = run_training_aware(cfg)
     print_summary(result)
-    if cfg.summary_json:
-        write_summary_json(result, cfg.summary_json)
+    if result.config.summary_json:
+        write_summary_json(result, result.config.summary_json)
+
+
+def _config(options: dict[str, Any], args: list[str], **fixed: Any) -> Any:
+    """The validated config: the common options, and the use case's own parsed from the extra `args`."""
+    from sparsify_mlflow.usecases import resolve
+    from sparsify_mlflow.validation import build_config
+
+    use_case = resolve(options.pop("use_case"))
+    return build_config(use_case, **options, **fixed, **use_case_values(use_case, args))
+
+
+def use_case_values(use_case: Any, args: list[str]) -> dict[str, Any]:
+    """The use case's own options from the arguments click left over. Another use case's option is
+    ignored when blank (MLproject passes every parameter) and refused, in one line, when given."""
+    own = [o for o in declared(use_case.options)]
+    known = {flag for o in own for flag in (o.flag, f"--no-{o.flag[2:]}")}
+    kept: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, _, inline = arg.partition("=")
+        takes_value = not inline and i + 1 < len(args) and not args[i + 1].startswith("--")
+        value = inline if inline else (args[i + 1] if takes_value else "")
+        step = 1 if inline or not takes_value else 2
+        if flag in known:
+            kept += args[i:i + step]
+        elif not flag.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}")
+        elif value.strip() or not takes_value and not inline:
+            listed = ", ".join(o.flag for o in own) or "none"
+            raise UserError(f"no such option {flag} for {use_case.name} (its own options: {listed}; "
+                            f"`sparsify.run use-cases` lists every use case's)")
+        i += step
+    command = click.Command(use_case.name, params=click_options(own, TRAINING_AWARE), add_help_option=False)
+    values = command.make_context(use_case.name, kept).params
+    return {k: v for k, v in values.items() if v is not None and not (k.endswith("_off") and v is False)}
 
 
 @cli.command("recipe")
-@click.option("--use-case", default="cv-classification", show_default=True, help=USE_CASE_HELP)
-@click.option("--optim-level", type=float, default=0.5, show_default=True)
-@click.option("--epochs", type=OPT_INT, default=None, help="Default per use case.")
-@click.option("--model", default=None, help="Model whose layers the recipe names (default: the use case's).")
-@click.option("--lr", type=float, default=None)
+@with_options(COMMON_OPTIONS, RECIPE)
 @click.option("--num-classes", type=int, default=10, show_default=True, help="Head size of the model the recipe is for.")
-@click.option("--recipe-args", default=None, help="JSON/YAML overrides, as for training-aware.")
-def recipe(use_case: str, optim_level: float, epochs: int | None, model: str | None, lr: float | None,
-           num_classes: int, recipe_args: str | None) -> None:
+def recipe(num_classes: int, **options: Any) -> None:
     """Print the sparseml recipe YAML an optim level derives to, without training."""
-    from sparsify_mlflow.config import build_config
     from sparsify_mlflow.levels import Distillation, plan_recipe, recipe_yaml
+
+    cfg = _config(options, [])
     from sparsify_mlflow.usecases import resolve
 
-    cfg = build_config(use_case, optim_level=optim_level, epochs=epochs, model=model, lr=lr, recipe_args=recipe_args)
     case = resolve(cfg.use_case)
     cfg = cfg.with_defaults(model=case.default_model, epochs=case.default_epochs,
                             batch_size=case.default_batch_size, lr=case.default_lr)
     built, _ = case.create_model(cfg, num_classes, pretrained=False)
-    distillation = Distillation() if getattr(case, "default_distill", False) else None  # as training-aware does
+    distillation = Distillation() if case.default_distill else None  # as training-aware does
     click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, case.pruning_scope(built), cfg.lr,
                                        distillation=distillation, args=cfg.recipe_args)), nl=False)
 
+
+@cli.command("use-cases")
+def use_cases() -> None:
+    """List the use cases: their aliases, default model and epochs, and their own options."""
+    from sparsify_mlflow.report import print_table
+    from sparsify_mlflow.usecases import REGISTRY, resolve
+
+    rows = []
+    for name, entry in REGISTRY.items():
+        case = resolve(name)
+        own = "; ".join(f"{o.flag} ({o.help})" for o in declared(case.options)) or "-"
+        rows.append((name, ", ".join(entry.aliases), f"{case.default_model}, {case.default_epochs} epochs", own))
+    print_table("Use cases (--use-case takes the name or an alias)", ("use case", "aliases", "default", "own options"),
+                rows)
 
 
 RESUME_OPTIONS = {"tracking_uri", "working_dir", "summary_json", "resume_run", "nproc_per_node"}
@@ -242,45 +207,29 @@ def _resume(run_id: str, options: dict[str, Any]) -> Any:
     return run_training_aware(cfg, point)
 
 
-def _apply_spellings(options: dict[str, Any]) -> dict[str, Any]:
-    """Fold MLproject's spellings of the flag options (register, pretrained, distill) into config values."""
-    no_register, register_value = options.pop("no_register", False), options.pop("register_value", "auto")
-    pretrained_weights, distill_mode = options.pop("pretrained_weights", "auto"), options.pop("distill_mode", "auto")
-    options["register"] = not no_register and register_value.lower() != "false"
-    if options.get("pretrained") is None and pretrained_weights.lower() != "auto":
-        options["pretrained"] = pretrained_weights.lower() == "true"
-    if options.get("distill") is None and distill_mode.lower() != "auto":
-        options["distill"] = distill_mode.lower() == "true"
-    return options
-
-
-@cli.command("sweep")
+@cli.command("sweep", context_settings=EXTRA_ARGS, epilog=USE_CASE_OPTIONS)
 @click.option("--optim-levels", default="0.1,0.3,0.5,0.7,1.0", show_default=True,
               help="Comma-separated optim levels; the dense baseline is trained once for all of them.")
 @click.option("--max-metric-drop", type=OPT_FLOAT, default=None,
               help="Recommend the fastest level losing at most this many points of the main metric.")
 @click.option("--min-speedup", type=OPT_FLOAT, default=None,
               help="...and at least this batch-1 speedup over the dense baseline (x).")
-def sweep(optim_levels: str, max_metric_drop: float | None, min_speedup: float | None, use_case: str,
+@with_options([*COMMON_OPTIONS, DISTILL], SWEEP)
+@click.pass_context
+def sweep(ctx: click.Context, optim_levels: str, max_metric_drop: float | None, min_speedup: float | None,
           **options: Any) -> None:
     """Run the training-aware experiment at several optim levels; compare, plot the Pareto front, recommend."""
-    from sparsify_mlflow.config import build_config
     from sparsify_mlflow.summary import print_sweep_summary, write_sweep_summary_json
     from sparsify_mlflow.sweep import build_sweep_options, run_sweep
 
     sweep_options = build_sweep_options(optim_levels, max_metric_drop, min_speedup)
-    if options.get("recipe"):
+    if "--recipe" in ctx.args or any(arg.startswith("--recipe=") for arg in ctx.args):
         raise UserError("--recipe does not combine with sweep: every level would train the same recipe")
-    cfg = build_config(use_case, optim_level=sweep_options.levels[0], **_apply_spellings(options))
+    cfg = _config(options, ctx.args, optim_level=sweep_options.levels[0])
     result = run_sweep(cfg, sweep_options)
     print_sweep_summary(result)
     if cfg.summary_json:
         write_sweep_summary_json(result, cfg.summary_json)
-
-
-# Every training-aware option except the single level (click options, shared by name with MLproject).
-sweep.params.extend(p for p in training_aware.params
-                    if p.name not in ("optim_level", "resume_run", "nproc_per_node"))
 
 
 @cli.command("promote")
@@ -292,7 +241,7 @@ sweep.params.extend(p for p in training_aware.params
               help="Refuse if the version lost more points of the main metric than this (tag main_drop).")
 @click.option("--min-speedup", type=OPT_FLOAT, default=None,
               help="Refuse if its batch-1 speedup over the dense baseline is below this (tag speedup).")
-@click.option("--accept-unreliable-speedup", "accept_unreliable", type=TRISTATE_FLAG, default="false",
+@click.option("--accept-unreliable-speedup", "accept_unreliable", type=TRUE_FALSE, default="false",
               is_flag=False, flag_value="true",
               help="Let --min-speedup pass a speedup whose benchmark session was marked unreliable (machine busy).")
 @click.option("--reason", default=None, help="Why: recorded on the version with who and when.")
@@ -326,20 +275,19 @@ def promote(registered_model_name: str, version: str | None, alias: str | None, 
               show_default=True, help="Engine(s); DeepSparse falls back to ONNX Runtime where it cannot run.")
 @click.option("--iterations", type=int, default=30, show_default=True,
               help="Timed batches per engine and batch size, over all rounds.")
-@click.option("--rounds", type=OPT_INT, default=None, help="Alternating rounds of the benchmark session (default 5).")
+@click.option("--rounds", type=OPT_INT, default=5, show_default=True, help="Alternating rounds of the benchmark session.")
 @click.option("--num-cores", type=OPT_INT, default=None,
               help="Cores (threads) the engines use (default: every physical core available).")
-@click.option("--experiment-name", default=None, help="MLflow experiment of the benchmark run (default sparsify-benchmarks).")
+@click.option("--experiment-name", default=None,
+              help="MLflow experiment of the benchmark run (default sparsify-benchmarks).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///./mlflow.db.")
 def benchmark_command(model_uri: str, batch_sizes: str, engine: str, iterations: int, rounds: int | None,
                       num_cores: int | None, experiment_name: str | None, tracking_uri: str | None) -> None:
     """Benchmark a registered model's ONNX file and log the figures to a run linked to that version."""
     from sparsify_mlflow.model_benchmark import DEFAULT_EXPERIMENT, benchmark_registered, parse_batch_sizes
     from sparsify_mlflow.report import print_table
-    from sparsify_mlflow.speed_session import DEFAULT_ROUNDS
-
     done = benchmark_registered(model_uri, batch_sizes=parse_batch_sizes(batch_sizes), engine=engine,
-                                iterations=iterations, rounds=rounds or DEFAULT_ROUNDS, num_cores=num_cores,
+                                iterations=iterations, rounds=rounds, num_cores=num_cores,
                                 tracking_uri=tracking_uri or None,
                                 experiment_name=experiment_name or DEFAULT_EXPERIMENT)
     print_table(f"{done.name} version {done.version} ({done.model_uri}; inputs: {done.input_source})",
@@ -380,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
 
         ctx = distributed.init_from_env()
         if not ctx.leader:
-            return distributed.serve(ctx)
+            from sparsify_mlflow import launcher
+
+            return launcher.serve(ctx)
     code = 1
     try:
         code = _run(argv)

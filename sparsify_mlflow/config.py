@@ -1,13 +1,13 @@
-"""ExperimentConfig: every user option, validated once at the door.
+"""ExperimentConfig: the common options (declared here, once: see options.py), validated at the door.
 
 Click option names, MLproject parameter names and these field names are the same words, and the
-whole config is logged to MLflow as params, so a run says exactly how it was made.
+whole config (with the use case's own options) is logged to MLflow as params, so a run says
+exactly how it was made.
 """
 from __future__ import annotations
 
 import json
 import math
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,17 @@ import yaml
 
 from sparsify_mlflow.errors import ConfigError
 from sparsify_mlflow.levels import RecipeArgs
+from sparsify_mlflow.options import (
+    RECIPE,
+    TRAINING,
+    TRAINING_AWARE,
+    NoOptions,
+    declared,
+    fraction,
+    option,
+    positive_int,
+    positive_number,
+)
 
 DEFAULT_EXPERIMENT = "sparsify-training-aware"
 DEFAULT_LEVEL = 0.5
@@ -47,46 +58,74 @@ class TrainKwargs:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
+ALL = (*TRAINING, RECIPE)
+EXPERIMENT_ONLY = (TRAINING_AWARE,)
+
+
+def _mapping(target: type) -> Any:
+    return lambda flag, text: parse_mapping(flag, text, target)
+
+
+def _device(value: str) -> str | None:
+    ok = value in DEVICES or value.startswith("cuda:")
+    return None if ok else f"must be one of {', '.join(DEVICES)} (or cuda:N)"
+
+
+def _engine(value: str) -> str | None:
+    return None if value in DEPLOY_ENGINES else f"must be one of {', '.join(DEPLOY_ENGINES)}"
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    use_case: str                      # canonical use-case name (aliases resolved)
-    model: str | None = None           # None: the use case's default model
-    data: str | None = None            # None: the use case's embedded default dataset
-    optim_level: float | None = 0.5   # None with --recipe: the file decides
-    epochs: int | None = None          # None: the use case's default
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int = 0
-    image_size: int | None = None
-    device: str = "auto"
-    pretrained: bool | None = None     # None: pretrained when a named model is given
-    experiment_name: str = DEFAULT_EXPERIMENT
-    registered_model_name: str | None = None
-    tracking_uri: str | None = None
-    recipe: Path | None = None         # a user's sparseml recipe instead of the derived one
-    register: bool = True
-    summary_json: Path | None = None
-    working_dir: Path = Path(".")
-    benchmark_batch_size: int = 16
-    benchmark_iterations: int = 30     # timed batches per model, engine and batch size, over all rounds
-    benchmark_rounds: int = 5          # alternating rounds of the benchmark session (speedup = median ratio)
-    num_cores: int | None = None       # cores/threads the engines use; None: every physical core we may use
-    # NLP use cases (ignored by the others)
-    max_seq_length: int = 128          # tokens per example; the exported ONNX has this fixed length
-    text_column: str | None = None     # None: auto-detected (text, sentence, sentence1/sentence2, ...)
-    text_pair_column: str | None = None
-    label_column: str | None = None    # None: "label"
-    teacher: str | None = None         # off, self (the dense baseline) or a model; None: the use case's default
-    distill_hardness: float = 0.5      # weight of the distillation loss vs the task loss
-    distill_temperature: float = 2.0
-    eval_metric: str | None = None     # the main metric's name as logged; None: the use case's
-    recipe_args: RecipeArgs = field(default_factory=RecipeArgs)
-    train_kwargs: TrainKwargs = field(default_factory=TrainKwargs)
-    deploy_engine: str = "deepsparse"  # validates and benchmarks the deployment
-    tokens_column: str | None = None   # token classification: None: auto-detected (tokens, words)
-    tags_column: str | None = None     # None: auto-detected (ner_tags, tags, labels)
-    doc_stride: int | None = None      # question answering: overlap of context windows; None: max_seq_length // 4
-    max_answer_length: int = 30        # longest answer span in tokens
+    use_case: str = option("cv-classification", "cv-classification, nlp-text_classification, ... (aliases accepted, "
+                           "e.g. image_classification; `sparsify.run use-cases` lists them with their options)",
+                           commands=ALL)
+    model: str | None = option(None, "Model name (e.g. resnet50) or a local .pt/.pth checkpoint or model folder. "
+                               "Default: the use case's small model.", commands=ALL)
+    data: str | None = option(None, "Dataset folder/file (see docs/use-cases). Default: the use case's embedded data.")
+    optim_level: float | None = option(
+        None, "0 = dense baseline; <0.3 INT8 only; 0.3..1.0 = 60%..95% sparsity + INT8; an integer 2..100 is a "
+        "percent (50 = 0.5). Default 0.5 (without --recipe).", commands=(TRAINING_AWARE, RECIPE))
+    epochs: int | None = option(None, "Training epochs (both models). Default per use case.", commands=ALL,
+                                check=positive_int)
+    batch_size: int | None = option(None, "Training batch size. Default per use case.", check=positive_int)
+    lr: float | None = option(None, "Initial learning rate (linear decay). Default per use case.", commands=ALL,
+                              check=positive_number)
+    seed: int = option(0, "Seed for splits, init and shuffling.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N (benchmarks run on the CPU).", check=_device)
+    pretrained: bool | None = option(None, "Start from pretrained weights (default: yes for a named model, no for "
+                                     "the default one).")
+    experiment_name: str = option(DEFAULT_EXPERIMENT, "MLflow experiment.", mlproject=False)
+    registered_model_name: str | None = option(None, "Registry name (default <use-case>-<model>).")
+    tracking_uri: str | None = option(None, "MLflow tracking URI; else MLFLOW_TRACKING_URI; else "
+                                      "sqlite:///<working-dir>/mlflow.db.", mlproject=False)
+    recipe: Path | None = option(None, "Use this sparseml recipe YAML instead of the derived one.",
+                                 commands=EXPERIMENT_ONLY)
+    register: bool = option(True, "Register the sparse model (--no-register: do not).")
+    summary_json: Path | None = option(None, "Write a machine-readable summary to this path.")
+    working_dir: Path = option(Path("."), "Where the experiment folder and the default store go.")
+    benchmark_batch_size: int = option(16, "Batch size of the throughput benchmark.", check=positive_int)
+    benchmark_iterations: int = option(30, "Timed batches per model, engine and batch size, over all rounds.",
+                                       check=positive_int)
+    benchmark_rounds: int = option(5, "Alternating rounds of the benchmark session; a speedup is the median of "
+                                   "the per-round ratios.", check=positive_int)
+    num_cores: int | None = option(None, "Cores (threads) the inference engines use (default: every physical core "
+                                   "available).", check=positive_int)
+    teacher: str | None = option(None, "Distillation teacher: off, self (the dense baseline) or a model name/path "
+                                 "trained on the same labels (default: self where the use case distils, else off).")
+    distill_hardness: float = option(0.5, "Weight of the distillation loss against the task loss, 0..1.",
+                                     check=fraction)
+    distill_temperature: float = option(2.0, "Softmax temperature of the distillation loss.", check=positive_number)
+    eval_metric: str | None = option(None, "Main metric for summaries, sweeps and promotion (the use case's "
+                                     "choices, e.g. accuracy, f1; default: the use case's).")
+    recipe_args: RecipeArgs = option(RecipeArgs, "JSON/YAML mapping overriding the derived recipe, e.g. "
+                                     '\'{"num_qat_epochs": 2, "init_lr": 0.01}\'.', commands=ALL,
+                                     parse=_mapping(RecipeArgs))
+    train_kwargs: TrainKwargs = option(TrainKwargs, "JSON/YAML mapping for the training loop: weight_decay, "
+                                       "momentum, grad_clip, num_workers.", parse=_mapping(TrainKwargs))
+    deploy_engine: str = option("deepsparse", "Engine that validates and benchmarks the deployment: deepsparse "
+                                "or onnxruntime.", check=_engine)
+    use_case_options: Any = field(default_factory=NoOptions)  # the use case's own options (its `options` dataclass)
 
     @property
     def distill(self) -> bool:
@@ -116,12 +155,13 @@ class ExperimentConfig:
         )
 
     def as_params(self) -> dict[str, Any]:
-        """The resolved config for mlflow.log_params, as `config.<option>`.
+        """The resolved config for mlflow.log_params, as `config.<option>` (the use case's options too).
 
         Prefixed because `mlflow run` has already logged the raw MLproject parameters under the
         bare names, and MLflow refuses to change a logged param.
         """
-        params = {f"config.{k}": _param_value(v) for k, v in asdict(self).items()}
+        values = {k: v for k, v in asdict(self).items() if k != "use_case_options"} | asdict(self.use_case_options)
+        params = {f"config.{k}": _param_value(v) for k, v in values.items()}
         if self.tracking_uri:  # a password in the URI never reaches the store
             from sparsify_mlflow.remote import redact_uri
 
@@ -137,12 +177,17 @@ class ExperimentConfig:
         return values | {"tracking_uri": redact_uri(self.tracking_uri) if self.tracking_uri else self.tracking_uri}
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> ExperimentConfig:
-        """The inverse of to_json: already validated values, so no checks beyond the types."""
+    def from_json(cls, values: dict[str, Any], use_case_options: type = NoOptions) -> ExperimentConfig:
+        """The inverse of to_json (`use_case_options`: the use case's options class): already validated
+        values, so no checks beyond the types."""
         paths = {"recipe", "summary_json", "working_dir"}
         values = {k: Path(v) if k in paths and v is not None else v for k, v in values.items()}
         return cls(**values | {"recipe_args": RecipeArgs(**values.get("recipe_args") or {}),
-                               "train_kwargs": TrainKwargs(**values.get("train_kwargs") or {})})
+                               "train_kwargs": TrainKwargs(**values.get("train_kwargs") or {}),
+                               "use_case_options": use_case_options(**values.get("use_case_options") or {})})
+
+
+COMMON_OPTIONS = declared(ExperimentConfig)
 
 
 def _param_value(value: Any) -> str:
@@ -152,79 +197,6 @@ def _param_value(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps({k: v for k, v in value.items() if v is not None}, sort_keys=True)
     return str(value)
-
-
-def _blank_to_none(value: Any) -> Any:
-    """MLproject passes unset string parameters as ''; treat them as not given."""
-    return None if isinstance(value, str) and value.strip() == "" else value
-
-
-def build_config(use_case: str, **options: Any) -> ExperimentConfig:
-    """Validate raw CLI/MLproject values and build the config; raise ConfigError naming the option."""
-    from sparsify_mlflow import usecases  # resolve aliases here so the rest sees one name
-
-    opts = {k: _blank_to_none(v) for k, v in options.items()}
-    canonical = usecases.resolve(use_case).name
-
-    level = opts.get("optim_level")
-    if level is not None and opts.get("recipe") is not None:
-        raise ConfigError("--optim-level and --recipe are both given: the recipe file decides sparsity and "
-                          "quantization; drop one of them")
-    opts["optim_level"] = None if opts.get("recipe") is not None else parse_optim_level(
-        DEFAULT_LEVEL if level is None else level, "--optim-level")
-
-    for name in ("epochs", "batch_size", "image_size", "benchmark_batch_size", "benchmark_iterations",
-                 "benchmark_rounds", "num_cores", "max_seq_length", "doc_stride", "max_answer_length"):
-        value = opts.get(name)
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    lr = opts.get("lr")
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"--lr must be a positive number, got {lr!r}")
-    _check_distillation(canonical, opts, _fold_distill_into_teacher(opts))
-    opts["eval_metric"] = _eval_metric(canonical, opts.get("eval_metric"))
-    opts["recipe_args"] = parse_mapping("--recipe-args", opts.get("recipe_args"), RecipeArgs)
-    opts["train_kwargs"] = parse_mapping("--train-kwargs", opts.get("train_kwargs"), TrainKwargs)
-    if opts["recipe_args"].given() and opts.get("recipe") is not None:
-        raise ConfigError("--recipe-args changes the derived recipe; with --recipe, edit your recipe file instead")
-    _check_recipe_fits(canonical, opts)
-    engine = (opts.get("deploy_engine") or DEPLOY_ENGINES[0]).lower()
-    if engine not in DEPLOY_ENGINES:
-        raise ConfigError(f"--deploy-engine must be one of {', '.join(DEPLOY_ENGINES)}, got {engine!r}")
-    opts["deploy_engine"] = engine
-    stride = opts.get("doc_stride")
-    if stride is not None and stride >= (opts.get("max_seq_length") or ExperimentConfig.max_seq_length):
-        raise ConfigError(f"--doc-stride {stride} must be smaller than --max-seq-length "
-                          f"{opts.get('max_seq_length') or ExperimentConfig.max_seq_length}")
-    device = (opts.get("device") or "auto").lower()
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
-    opts["device"] = device
-
-    recipe = opts.get("recipe")
-    if recipe is not None:
-        recipe = Path(recipe)
-        if not recipe.is_file():
-            raise ConfigError(f"--recipe file {recipe} does not exist")
-        from sparsify_mlflow.recipe_facts import read_recipe
-
-        read_recipe(recipe)  # a file sparseml cannot read fails here, before any run starts
-        opts["recipe"] = recipe
-    if opts.get("summary_json") is not None:
-        opts["summary_json"] = Path(opts["summary_json"])
-
-    working_dir = Path(opts.get("working_dir") or ".").expanduser().resolve()
-    _check_writable(working_dir)
-    opts["working_dir"] = working_dir
-    opts["experiment_name"] = opts.get("experiment_name") or DEFAULT_EXPERIMENT
-    opts["register"] = True if opts.get("register") is None else bool(opts["register"])
-    opts["seed"] = 0 if opts.get("seed") is None else int(opts["seed"])
-
-    known = set(ExperimentConfig.__dataclass_fields__) - {"use_case"}
-    unknown = set(opts) - known
-    if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return ExperimentConfig(use_case=canonical, **{k: v for k, v in opts.items() if v is not None or k == "optim_level"})
 
 
 def parse_optim_level(value: Any, option: str) -> float:
@@ -273,72 +245,3 @@ def parse_mapping(option: str, text: Any, target: type) -> Any:
         first = exc.errors()[0]  # a type error names its key; a range check (__post_init__) says it all
         where = "".join(f"{part}: " for part in first["loc"])
         raise ConfigError(f"{option}: {where}{first['msg'].removeprefix('Value error, ')}") from None
-
-
-def _eval_metric(use_case: str, name: str | None) -> str | None:
-    """The logged metric an --eval-metric choice selects (None: the use case's main metric)."""
-    from sparsify_mlflow import usecases
-
-    if name is None:
-        return None
-    choices = usecases.eval_metrics(usecases.resolve(use_case))
-    if name not in choices:
-        raise ConfigError(f"--eval-metric {name!r} is not available for {use_case}; choose one of: "
-                          f"{', '.join(choices)}")
-    return choices[name]
-
-
-def _check_recipe_fits(use_case: str, opts: dict[str, Any]) -> None:
-    """--recipe-args phases must fit the run's epochs (the use case's default when not given)."""
-    from sparsify_mlflow import usecases
-
-    epochs = opts.get("epochs") or usecases.resolve(use_case).default_epochs
-    try:
-        opts["recipe_args"].check_fits(epochs)
-    except ValueError as exc:
-        raise ConfigError(f"--recipe-args: {exc}") from None
-
-
-def _fold_distill_into_teacher(opts: dict[str, Any]) -> str:
-    """--distill/--no-distill are the older spellings of --teacher self/off; both given must agree.
-
-    Returns the spelling the user chose, for error messages.
-    """
-    distill = opts.pop("distill", None)
-    teacher = opts.get("teacher")
-    if distill is None:
-        return f"--teacher {teacher}"
-    implied = TEACHER_SELF if distill else TEACHER_OFF
-    if teacher is not None and (teacher == TEACHER_OFF) == distill:
-        flag = "--distill" if distill else "--no-distill"
-        raise ConfigError(f"{flag} contradicts --teacher {teacher}")
-    opts["teacher"] = teacher or implied
-    return "--distill" if teacher is None else f"--teacher {teacher}"
-
-
-def _check_distillation(use_case: str, opts: dict[str, Any], spelling: str) -> None:
-    """A teacher needs a use case that can distil; hardness in [0, 1], temperature > 0."""
-    from sparsify_mlflow import usecases
-
-    if opts.get("teacher") not in (None, TEACHER_OFF) and not hasattr(usecases.resolve(use_case), "distillation_step"):
-        raise ConfigError(f"{spelling} is not supported by {use_case} (NLP use cases only)")
-    hardness = opts.get("distill_hardness")
-    if hardness is not None and not (isinstance(hardness, (int, float)) and 0.0 <= hardness <= 1.0):
-        raise ConfigError(f"--distill-hardness must be in [0, 1], got {hardness!r}")
-    temperature = opts.get("distill_temperature")
-    if temperature is not None and not (isinstance(temperature, (int, float)) and 0.0 < temperature
-                                        and math.isfinite(temperature)):
-        raise ConfigError(f"--distill-temperature must be a positive number, got {temperature!r}")
-
-
-def _check_writable(folder: Path) -> None:
-    """Fail before any training if results could not be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"working folder {folder} cannot be created: {exc.strerror}") from None
-    try:  # os.access says yes to root even on read-only mounts: try for real
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"working folder {folder} is not writable: {exc.strerror}") from None

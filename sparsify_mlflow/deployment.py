@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sparsify_mlflow.engines import cpu_info
-
 from sparsify_mlflow.speed_session import Reliability
 
 if TYPE_CHECKING:
-    from sparsify_mlflow.experiment import ModelReport
     from sparsify_mlflow.levels import RecipePlan
+    from sparsify_mlflow.results import ModelReport
     from sparsify_mlflow.usecases.base import DataBundle, UseCase
 
 README = "README.md"
@@ -50,9 +49,7 @@ def write_deployment(folder: Path, use_case: UseCase, data: DataBundle, recipe: 
     (deployment / "recipe.yaml").write_text(recipe)
     config = use_case.deployment_config(data) | {"metrics": {sparse.metrics.main_name: sparse.metrics.main}}
     (deployment / "config.json").write_text(json.dumps(config, indent=2))
-    extra_files = getattr(use_case, "deployment_files", None)  # e.g. the tokenizer of NLP use cases
-    if extra_files is not None:
-        extra_files(data, deployment)
+    use_case.deployment_files(data, deployment)  # e.g. the tokenizer of NLP use cases
     (deployment / README).write_text(deployment_readme(handover, sorted(p.name for p in deployment.iterdir())))
     return deployment
 

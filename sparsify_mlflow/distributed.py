@@ -1,20 +1,15 @@
-"""Distributed data-parallel training: launch, process group, and the leader/worker split.
+"""Distributed data-parallel training: the process group and what the training loop asks of it.
 
-`--nproc-per-node N` re-runs the same command under `torch.distributed.run` (torchrun); running
-`torchrun --nproc-per-node N -m sparsify_mlflow training-aware ...` directly works the same.
 Rank 0 is the leader: it runs the whole experiment (MLflow, export, benchmarks, registry) as a
-single process would. The other ranks are workers: they touch no store and no files; they wait
-for training jobs the leader broadcasts at the start of each training stage, train their shard
-of every batch under the same recipe, and exit when the leader is done. Gloo on CPU, NCCL on GPU.
+single process would. The other ranks are workers (launcher.serve): they touch no store and no
+files; they wait for training jobs the leader broadcasts here at the start of each training
+stage, train their shard of every batch under the same recipe, and exit when the leader is done.
+Gloo on CPU, NCCL on GPU. This module knows nothing of training; launcher.py starts the processes.
 """
 from __future__ import annotations
 
-import copy
 import os
-import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +22,8 @@ EXIT_FILE_ENV = "SPARSIFY_DDP_EXIT_FILE"  # the leader writes its exit code ther
 
 @dataclass(frozen=True)
 class Context:
+    """This process in a torchrun process group: what the training loop asks of DDP."""
+
     rank: int
     world_size: int
     local_rank: int
@@ -36,21 +33,85 @@ class Context:
     def leader(self) -> bool:
         return self.rank == 0
 
+    def place(self, device: torch.device) -> torch.device:
+        return self.device
+
+    def sampler(self, dataset: Any, seed: int) -> torch.utils.data.Sampler:
+        """This rank's shard of the training set, reshuffled each epoch (set_epoch)."""
+        return torch.utils.data.DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank,
+                                                   shuffle=True, seed=seed)
+
+    def per_rank(self, batch_size: int) -> int:
+        """Each rank takes batch_size // world of each batch: the global batch and the steps per epoch,
+        so the recipe's schedule, stay those of one process."""
+        return max(1, batch_size // self.world_size)
+
+    def share_weights(self, model: nn.Module) -> None:
+        sync_from_leader(model)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return wrap(model, self)
+
+    def rewrap(self, net: nn.Module) -> nn.Module:
+        return rewrap_if_changed(net, self)  # type: ignore[arg-type]
+
+    def mean(self, value: float) -> float:
+        return mean(value, self)
+
+    def check_weights(self, model: nn.Module, epoch: int) -> None:
+        if not same_weights_everywhere(model, self):
+            raise RuntimeError(f"rank {self.rank}: the ranks' weights diverged in epoch {epoch}")
+
+    def stage_finished(self) -> None:
+        if self.leader:
+            stage_finished()
+
+
+class SingleProcess:
+    """A plain run's "process group": every collective is a no-op, so the loop reads the same with DDP."""
+
+    rank, world_size, leader = 0, 1, True
+
+    def place(self, device: torch.device) -> torch.device:
+        return device
+
+    def sampler(self, dataset: Any, seed: int) -> None:
+        return None
+
+    def per_rank(self, batch_size: int) -> int:
+        return batch_size
+
+    def share_weights(self, model: nn.Module) -> None:
+        pass
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def rewrap(self, net: nn.Module) -> nn.Module:
+        return net
+
+    def mean(self, value: float) -> float:
+        return value
+
+    def check_weights(self, model: nn.Module, epoch: int) -> None:
+        pass
+
+    def stage_finished(self) -> None:
+        pass
+
 
 @dataclass
 class Job:
     """One training stage, as the leader starts it: every worker runs `train` with the same values."""
 
     cfg: Any                    # ExperimentConfig (the worker builds data and model from it)
-    recipe: str
-    batch_size: int
-    lr: float
-    seed: int
-    desc: str
-    main_metric: str | None
-    kwargs: Any                 # TrainKwargs
+    stage: Any                  # training.Stage, without what only the leader has (see portable)
     resume_path: str | None = None  # the checkpoint the leader resumes from (same host)
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def portable(stage: Any) -> Any:
+    """The stage as the workers get it: no callbacks, teacher, checkpoint or log folder of the leader's."""
+    return replace(stage, teacher=None, resume_from=None, checkpoint_path=None, on_epoch=None, on_checkpoint=None)
 
 
 _context: Context | None = None
@@ -60,6 +121,11 @@ _in_stage = False  # leader: a stage is running on the workers (they wait in its
 def current() -> Context | None:
     """The process group of this process, or None in a plain single-process run."""
     return _context
+
+
+def group() -> Context | SingleProcess:
+    """What the training loop trains in: the process group, or a single process."""
+    return _context or SingleProcess()
 
 
 def init_from_env(device: str = "auto") -> Context | None:
@@ -81,23 +147,6 @@ def init_from_env(device: str = "auto") -> Context | None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     _context = Context(dist.get_rank(), world, local_rank, torch_device)
     return _context
-
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """Re-run this command (without --nproc-per-node) as `nproc` torchrun processes on this host."""
-    with tempfile.TemporaryDirectory() as tmp:
-        exit_file = Path(tmp) / "exit_code"
-        env = os.environ | {EXIT_FILE_ENV: str(exit_file), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   "--tee=0", "-m", "sparsify_mlflow", *argv]
-        proc = subprocess.Popen(command, env=env)
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: torchrun forwards it to the workers
-            proc.terminate()
-            code = proc.wait()
-        leader = exit_file.read_text().strip() if exit_file.exists() else ""
-        return int(leader) if leader.lstrip("-").isdigit() else code
 
 
 def record_exit(code: int) -> None:
@@ -137,33 +186,6 @@ def shutdown() -> None:
     finally:
         dist.destroy_process_group()
         _context = None
-
-
-def serve(ctx: Context) -> int:
-    """Worker: train every stage the leader starts, on its shard of the data, until released."""
-    from sparsify_mlflow import usecases
-    from sparsify_mlflow.checkpoint import Checkpoint
-    from sparsify_mlflow.training import train
-
-    built: tuple[Any, Any, nn.Module, Any] | None = None
-    logs = tempfile.TemporaryDirectory(prefix="sparsify-rank-")  # sparseml's modifier log (the leader keeps the real one)
-    try:
-        while (job := receive()) is not None:
-            if built is None:  # after the leader loaded the data (it may write a cache folder)
-                case = usecases.resolve(job.cfg.use_case)
-                data = case.load_data(job.cfg)
-                model = case.build_model(job.cfg, data)
-                built = (case, data, model, case.pruning_scope(model))
-            case, data, model, scope = built
-            resume = Checkpoint.from_file(Path(job.resume_path)) if job.resume_path else None
-            torch.manual_seed(job.seed)  # as the leader's use case did before building its model
-            train(copy.deepcopy(model), case, data, job.recipe, scope, batch_size=job.batch_size, lr=job.lr,
-                  seed=job.seed, device=ctx.device, desc=f"{job.desc} rank {ctx.rank}", log_dir=Path(logs.name),
-                  main_metric=job.main_metric, kwargs=job.kwargs, resume_from=resume)
-    finally:
-        dist.destroy_process_group()
-        logs.cleanup()
-    return 0
 
 
 def sync_from_leader(model: nn.Module) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -18,81 +19,30 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from sparsify_mlflow import distributed, run_logging, stages, tracking, usecases
-from sparsify_mlflow.benchmark import BenchmarkResult
 from sparsify_mlflow.checkpoint import CHECKPOINT_NAME, Checkpoint, save_atomically
 from sparsify_mlflow.config import DEFAULT_LEVEL, TEACHER_SELF, ExperimentConfig
 from sparsify_mlflow.deployment import Handover, write_deployment, write_metrics
 from sparsify_mlflow.engines import load_engine, plan_benchmarks, predict_batches
-from sparsify_mlflow.export import ExportedModel, export_onnx
+from sparsify_mlflow.export import export_onnx
 from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
-from sparsify_mlflow.resume import CONFIG_ARTIFACT, FOLDER_TAG, RESUMED_TAG, ResumePoint, mark_alive, stage_key
+from sparsify_mlflow.options import given
 from sparsify_mlflow.recipe_facts import check_qat_steps, plan_from_recipe, recipe_facts
 from sparsify_mlflow.registry import CANDIDATE_ALIAS, RegisteredVersion, register_onnx, register_pyfunc
+from sparsify_mlflow.results import EpochStats, ExperimentResult, ModelReport, epoch_stats_from_dict
+from sparsify_mlflow.resume import CONFIG_ARTIFACT, FOLDER_TAG, RESUMED_TAG, ResumePoint, mark_alive, stage_key
 from sparsify_mlflow.speed_session import Reliability, SessionResult, plan_session, run_session
 from sparsify_mlflow.training import (
-    EpochStats,
+    Stage,
     TrainResult,
-    epoch_stats_from_dict,
     resolve_device,
     scope_sparsity,
     torch_predictor,
     train_stepping_down,
 )
-from sparsify_mlflow.usecases.base import DataBundle, Metrics, UseCase
+from sparsify_mlflow.usecases.base import DataBundle, UseCase
 
 BASELINE_KEY_TAG = "sparsify.baseline_key"
 BASELINE_CACHE_VERSION = 1
-
-
-@dataclass
-class ModelReport:
-    """One side of the comparison (dense baseline or training-aware model), as logged."""
-
-    role: str
-    run_id: str
-    metrics: Metrics                       # PyTorch, validation split
-    onnx_metrics: Metrics                  # the exported file on the deployment engine
-    onnx_engine: str
-    exported: ExportedModel
-    benchmarks: dict[str, BenchmarkResult]  # "deepsparse.bs1", "onnxruntime.bs16", ...
-    history: list[EpochStats]
-    layer_sparsity: dict[str, float]
-    sparsity: float                        # over the pruned layers, PyTorch
-    train_seconds: float
-    reused_from_run: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def flat_metrics(self) -> dict[str, float]:
-        """The same names on child runs (bare) and on the parent (prefixed dense./sparse.)."""
-        out = {"main": self.metrics.main, **self.metrics.values}
-        out.update({f"onnx.{k}": v for k, v in self.onnx_metrics.values.items()})
-        out.update({
-            "sparsity.pruned_layers": self.sparsity,
-            "sparsity.exported": self.exported.weight_sparsity,
-            "size.onnx_bytes": self.exported.size_bytes,
-            "size.onnx_gzip_bytes": self.exported.gzip_size_bytes,
-            "train_seconds": self.train_seconds,
-        })
-        for key, result in self.benchmarks.items():
-            out.update(result.as_metrics(key))
-        return out
-
-
-@dataclass
-class ExperimentResult:
-    config: ExperimentConfig
-    parent_run_id: str
-    experiment_id: str
-    tracking_uri: str
-    plan: RecipePlan
-    dense: ModelReport
-    sparse: ModelReport
-    comparison: dict[str, float]
-    experiment_dir: Path
-    deployment_dir: Path
-    reliability: Reliability
-    registered: RegisteredVersion | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def run_training_aware(cfg: ExperimentConfig, resume: ResumePoint | None = None) -> ExperimentResult:
@@ -147,8 +97,7 @@ def open_store(cfg: ExperimentConfig) -> tuple[ExperimentConfig, UseCase, str, s
     use_case = usecases.resolve(cfg.use_case)
     cfg = cfg.with_defaults(model=use_case.default_model, epochs=use_case.default_epochs,
                             batch_size=use_case.default_batch_size, lr=use_case.default_lr,
-                            pretrained=getattr(use_case, "default_pretrained", None),
-                            distill=getattr(use_case, "default_distill", False),
+                            pretrained=use_case.default_pretrained, distill=use_case.default_distill,
                             eval_metric=use_case.main_metric)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri, cfg.working_dir)
     tracking.connect(tracking_uri)
@@ -188,10 +137,47 @@ def plan_level(session: Session, cfg: ExperimentConfig) -> tuple[RecipePlan, str
 
 
 def train_dense_baseline(session: Session, folder: Path) -> _Trained:
-    """The dense baseline as a child of the active run (trained, or reused from the MLflow cache)."""
-    s = session
-    return _dense_baseline(s.cfg, s.use_case, s.data, s.model, s.scope, s.experiment_id, s.device, folder,
-                           s.resume)
+    """The dense baseline as a child of the active run: the input model fine-tuned with the same schedule
+    and no sparsification, or reused from the MLflow cache.
+
+    Resumed: a dense child that finished is reused as is; an unfinished one continues from its checkpoint.
+    """
+    cfg, model, resume = session.cfg, session.model, session.resume
+    key = _baseline_key(cfg, session.data)
+    plan = plan_recipe(0.0, cfg.epochs, session.scope, cfg.lr)
+    work = folder / "training_artifacts" / "dense"
+    run_id, status = resume.child("dense") if resume else (None, None)
+    with tracking.run("dense-baseline", nested=True, tags={"sparsify.role": "dense"}, run_id=run_id) as child:
+        tracking.log_params(plan.summary() | {"baseline_key": key})
+        own = status == "FINISHED"  # resumed after the baseline finished: its own logged model
+        cached = run_id if own else tracking.find_finished_run(session.experiment_id, BASELINE_KEY_TAG, key)
+        if cached:
+            print(f"Resuming: the dense baseline of run {run_id} is complete; reusing it." if own else
+                  f"Reusing the dense baseline trained in run {cached} (same model, data, epochs, seed).")
+            state = torch.load(tracking.download(cached, "checkpoint/model.pt", work), map_location="cpu",
+                               weights_only=True)
+            model.load_state_dict(state)
+            history = _history_from_json(tracking.download(cached, "history.json", work).read_text(),
+                                         cfg.eval_metric)
+            seconds = 0.0
+            if not own:
+                mlflow.set_tag("sparsify.reused_from_run", cached)
+                for stats in history:
+                    run_logging.log_epoch(stats)
+        else:
+            with stages.stage("baseline_training"):
+                model, result = _train(session, cfg, model, recipe_yaml(plan), folder, "dense",
+                                       resume_from=resume.checkpoints.get("dense") if resume else None)
+            history, seconds = result.history, result.seconds
+        mlflow.log_text(recipe_yaml(plan), "recipe.yaml")
+        model.cpu()
+        save_atomically(model.state_dict(), work / "model.pt")
+        mlflow.log_artifact(str(work / "model.pt"), "checkpoint")
+        tracking.log_json([asdict(h) for h in history], "history.json")
+        report_ = _finish_model(session, cfg, model, "dense", child.info.run_id, history, seconds, work)
+        report_.reused_from_run = None if own else cached
+        mlflow.set_tag(BASELINE_KEY_TAG, key)  # only now: a failed run must not be found as a cache
+    return _Trained(report_, model)
 
 
 def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan: RecipePlan, recipe: str,
@@ -295,58 +281,13 @@ class _Trained:
     model: nn.Module
 
 
-def _dense_baseline(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, model: nn.Module,
-                    scope: PruningScope, experiment_id: str, device: torch.device, folder: Path,
-                    resume: ResumePoint | None = None) -> _Trained:
-    """Fine-tune the input model with the same schedule and no sparsification, or reuse a cached one.
-
-    Resumed: a dense child that finished is reused as is; an unfinished one continues from its checkpoint.
-    """
-    key = _baseline_key(cfg, data)
-    plan = plan_recipe(0.0, cfg.epochs, scope, cfg.lr)
-    work = folder / "training_artifacts" / "dense"
-    run_id, status = resume.child("dense") if resume else (None, None)
-    with tracking.run("dense-baseline", nested=True, tags={"sparsify.role": "dense"}, run_id=run_id) as child:
-        tracking.log_params(plan.summary() | {"baseline_key": key})
-        own = status == "FINISHED"  # resumed after the baseline finished: its own logged model
-        cached = run_id if own else tracking.find_finished_run(experiment_id, BASELINE_KEY_TAG, key)
-        if cached:
-            print(f"Resuming: the dense baseline of run {run_id} is complete; reusing it." if own else
-                  f"Reusing the dense baseline trained in run {cached} (same model, data, epochs, seed).")
-            state = torch.load(tracking.download(cached, "checkpoint/model.pt", work), map_location="cpu",
-                               weights_only=True)
-            model.load_state_dict(state)
-            history = _history_from_json(tracking.download(cached, "history.json", work).read_text(),
-                                         cfg.eval_metric)
-            seconds = 0.0
-            if not own:
-                mlflow.set_tag("sparsify.reused_from_run", cached)
-                for stats in history:
-                    run_logging.log_epoch(stats)
-        else:
-            with stages.stage("baseline_training"):
-                model, result = _train(cfg, model, use_case, data, recipe_yaml(plan), scope, device, folder, "dense",
-                                       resume_from=resume.checkpoints.get("dense") if resume else None)
-            history, seconds = result.history, result.seconds
-        mlflow.log_text(recipe_yaml(plan), "recipe.yaml")
-        model.cpu()
-        save_atomically(model.state_dict(), work / "model.pt")
-        mlflow.log_artifact(str(work / "model.pt"), "checkpoint")
-        tracking.log_json([asdict(h) for h in history], "history.json")
-        report_ = _finish_model(cfg, use_case, data, model, scope, "dense", child.info.run_id,
-                                history, seconds, work)
-        report_.reused_from_run = None if own else cached
-        mlflow.set_tag(BASELINE_KEY_TAG, key)  # only now: a failed run must not be found as a cache
-    return _Trained(report_, model)
-
-
 def _training_aware(session: Session, cfg: ExperimentConfig, dense_model: nn.Module, recipe: str,
                     folder: Path) -> _Trained:
     """Prune and quantize, starting from the fine-tuned dense baseline (GMP prunes a trained model).
 
     Resumed: the same child run continues from its checkpoint (the recipe restarts at its epoch).
     """
-    use_case, data, scope, device, resume = session.use_case, session.data, session.scope, session.device, session.resume
+    resume = session.resume
     model = copy.deepcopy(dense_model)
     work = folder / "training_artifacts" / "sparse"
     run_id = resume.child("sparse")[0] if resume else None
@@ -354,39 +295,36 @@ def _training_aware(session: Session, cfg: ExperimentConfig, dense_model: nn.Mod
         mlflow.log_text(recipe, "recipe.yaml")
         teacher = _teacher(session, dense_model)
         with stages.stage("training_aware_training"):
-            model, result = _train(cfg, model, use_case, data, recipe, scope, device, folder, "sparse", teacher,
+            model, result = _train(session, cfg, model, recipe, folder, "sparse", teacher,
                                    resume_from=resume.checkpoints.get("sparse") if resume else None)
         model.cpu()
         save_atomically(model.state_dict(), work / "model.pt")
         tracking.log_json([asdict(h) for h in result.history], "history.json")
-        report_ = _finish_model(cfg, use_case, data, model, scope, "sparse", child.info.run_id,
-                                result.history, result.seconds, work)
+        report_ = _finish_model(session, cfg, model, "sparse", child.info.run_id, result.history, result.seconds,
+                                work)
     return _Trained(report_, model)
 
 
-def _train(cfg: ExperimentConfig, model: nn.Module, use_case: UseCase, data: DataBundle, recipe: str,
-           scope: PruningScope, device: torch.device, folder: Path, role: str, teacher: nn.Module | None = None,
-           resume_from: Checkpoint | None = None) -> tuple[nn.Module, TrainResult]:
+def _train(session: Session, cfg: ExperimentConfig, model: nn.Module, recipe: str, folder: Path, role: str,
+           teacher: nn.Module | None = None, resume_from: Checkpoint | None = None) -> tuple[nn.Module, TrainResult]:
     """One training stage in the active run; out-of-memory errors halve the batch size (logged).
 
     Each epoch ends with a checkpoint in the stage's folder, also logged to its run (--resume reads either).
     """
     if resume_from is not None:
         mlflow.set_tag(RESUMED_TAG, str(resume_from.epoch))
+    stage = Stage(recipe, resume_from.batch_size if resume_from else cfg.batch_size, cfg.lr, cfg.seed, role,
+                  folder / "logs", main_metric=cfg.eval_metric, kwargs=cfg.train_kwargs, teacher=teacher,
+                  resume_from=resume_from, checkpoint_path=folder / "training_artifacts" / role / CHECKPOINT_NAME,
+                  checkpoint_key=stage_key(cfg, role), on_epoch=run_logging.log_epoch,
+                  on_checkpoint=run_logging.log_checkpoint)
     ctx = distributed.current()
     if ctx is not None:  # the workers train the same stage beside us
-        batch = resume_from.batch_size if resume_from else cfg.batch_size
-        distributed.send(distributed.Job(cfg, recipe, batch, cfg.lr, cfg.seed, role, cfg.eval_metric, cfg.train_kwargs,
+        distributed.send(distributed.Job(cfg, distributed.portable(stage),
                                          str(resume_from.source) if resume_from and resume_from.source else None))
         mlflow.set_tags({"sparsify.ddp.world_size": str(ctx.world_size), "sparsify.ddp.backend": dist_backend()})
-    model, result = train_stepping_down(
-        model, use_case, data, recipe, scope, batch_size=resume_from.batch_size if resume_from else cfg.batch_size,
-        lr=cfg.lr, seed=cfg.seed, device=device,
-        desc=role, on_epoch=run_logging.log_epoch, log_dir=folder / "logs", teacher=teacher,
-        main_metric=cfg.eval_metric, kwargs=cfg.train_kwargs, on_retry=run_logging.log_oom_retry,
-        resume_from=resume_from, checkpoint_path=folder / "training_artifacts" / role / CHECKPOINT_NAME,
-        checkpoint_key=stage_key(cfg, role),
-        on_checkpoint=run_logging.log_checkpoint)
+    model, result = train_stepping_down(model, session.use_case, session.data, session.scope, stage, session.device,
+                                        on_retry=run_logging.log_oom_retry)
     # Done: the run keeps the logged copy (what --resume falls back to); the folder, logged whole
     # to the parent as experiment/, should not carry a second one.
     (folder / "training_artifacts" / role / CHECKPOINT_NAME).unlink(missing_ok=True)
@@ -416,13 +354,13 @@ def _external_teacher(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle
     return teacher.eval()
 
 
-def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, model: nn.Module,
-                  scope: PruningScope, role: str, run_id: str, history: list[EpochStats], seconds: float,
-                  work: Path) -> ModelReport:
+def _finish_model(session: Session, cfg: ExperimentConfig, model: nn.Module, role: str, run_id: str,
+                  history: list[EpochStats], seconds: float, work: Path) -> ModelReport:
     """Evaluate in PyTorch, export, check the ONNX file on the deploy engine; log it all.
 
     The timing comes later, in one benchmark session with the model it is compared with (measure_speed).
     """
+    use_case, data, scope = session.use_case, session.data, session.scope
     with stages.stage("evaluate"):
         metrics = use_case.evaluate(torch_predictor(model, torch.device("cpu")), data, cfg.batch_size
                                     ).with_main(cfg.eval_metric)
@@ -435,9 +373,9 @@ def _finish_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, mo
     with stages.stage("evaluate"):  # the DeepSparse probe compiles in a child process
         check_engine, check_bs = _check_engine(exported.path, cfg)
         engine = load_engine(exported.path, check_engine, batch_size=check_bs, num_cores=cfg.num_cores)
-        onnx_metrics = use_case.evaluate(lambda xs: predict_batches(engine, xs), data, check_bs
+        onnx_metrics = use_case.evaluate(partial(predict_batches, engine), data, check_bs
                                          ).with_main(cfg.eval_metric)
-        del engine
+        del engine  # a compiled engine holds the model's memory
     rep = ModelReport(role, run_id, metrics, onnx_metrics, check_engine, exported, {}, history,
                       per_layer, sparsity, seconds)
     tracking.log_metrics(rep.flat_metrics())
@@ -489,7 +427,7 @@ def _baseline_key(cfg: ExperimentConfig, data: DataBundle) -> str:
     fields = {
         "v": BASELINE_CACHE_VERSION, "use_case": cfg.use_case, "model": cfg.model, "pretrained": cfg.pretrained,
         "data": data.fingerprint, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "seed": cfg.seed, "image_size": cfg.image_size,
+        "seed": cfg.seed, **given(cfg.use_case_options),
     }
     # Only when they apply, so the caches of runs without them stay valid.
     if cfg.train_kwargs.given():
@@ -530,10 +468,9 @@ def _register(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result
     tags = registry_tags(cfg, use_case, data, result, recipe)
     description = _description(cfg, use_case, result)
     with mlflow.start_run(run_id=sparse.run_id, nested=True):
-        serving = getattr(use_case, "serving_model", None)  # raw inputs in (text): a pyfunc around the ONNX
+        serving = use_case.serving_model(data, result.deployment_dir)  # raw inputs in (text): a pyfunc
         if serving is not None:
-            return register_pyfunc(name=name, tags=tags, description=description, alias=alias,
-                                   **serving(data, result.deployment_dir))
+            return register_pyfunc(name=name, tags=tags, description=description, alias=alias, **serving)
         return register_onnx(sparse.exported.path, name, example_inputs=inputs, example_outputs=outputs,
                              tags=tags, description=description, alias=alias)
 

@@ -13,9 +13,9 @@ import copy
 import gzip
 import logging
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import onnx

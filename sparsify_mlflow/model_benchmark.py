@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -72,10 +72,11 @@ def resolve_model_uri(client: MlflowClient, model_uri: str) -> ModelVersion:
 
 
 def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 16), engine: str = "deepsparse",
-                         iterations: int = 30, rounds: int = DEFAULT_ROUNDS, num_cores: int | None = None,
+                         iterations: int = 30, rounds: int | None = None, num_cores: int | None = None,
                          tracking_uri: str | None = None, experiment_name: str = DEFAULT_EXPERIMENT,
                          working_dir: Path = Path(".")) -> RegisteredBenchmark:
     """Time the version's ONNX file in one interleaved session (speed_session), as an experiment does."""
+    rounds = rounds or DEFAULT_ROUNDS
     if engine not in ENGINE_CHOICES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {engine!r}")
     for option, value in (("--iterations", iterations), ("--rounds", rounds), ("--num-cores", num_cores)):
@@ -119,7 +120,7 @@ def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 1
     summary = "; ".join(f"{k} {r.latency_ms_median:.2f} ms, {r.items_per_second:.1f} items/s"
                         for k, r in results.items())
     for key, value in {"benchmark_run_id": run_id, "benchmark_summary": f"{summary} ({cpu.get('model')})",
-                       "benchmark_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "benchmark_at": datetime.now(UTC).isoformat(timespec="seconds"),
                        "benchmark_run_reliable": str(reliability.reliable).lower()}.items():
         client.set_model_version_tag(name, version, key, value[:5000])
     return RegisteredBenchmark(model_uri, name, version, run_id, experiment_id, uri, source, results, reliability,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import getpass
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -121,7 +121,7 @@ def promote(name: str, *, to: str, version: str | None = None, alias: str | None
     target = resolve_version(client, name, version, alias)
     tags = dict(target.tags or {})
     checks = check_gates(name, str(target.version), tags, gates)
-    by, at = user or promotion_user(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    by, at = user or promotion_user(), datetime.now(UTC).isoformat(timespec="seconds")
     why = (reason or "").strip() or "(no reason given)"
     current = _holder(client, name, to)
     if current == str(target.version):

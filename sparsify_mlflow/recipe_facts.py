@@ -123,7 +123,8 @@ def plan_from_recipe(facts: RecipeFacts, derived: RecipePlan) -> RecipePlan:
         prune_start=None if first is None else first.start_epoch, prune_end=None if first is None else first.end_epoch,
         init_sparsity=None, update_frequency=None, qat_start=facts.qat_start,
         freeze_bn_epoch=facts.freeze_bn_epoch, disable_observers_epoch=facts.disable_observers_epoch)
-    return replace(derived, optim_level=None, epochs=facts.epochs, target_sparsity=facts.target_sparsity, quantize=facts.quantize,
+    return replace(derived, optim_level=None, epochs=facts.epochs, target_sparsity=facts.target_sparsity,
+                   quantize=facts.quantize,
                    schedule=schedule, distillation=derived.distillation, recipe_file=facts.file,
                    file_params=facts.params())
 

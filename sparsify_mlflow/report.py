@@ -16,7 +16,7 @@ from rich.table import Table  # noqa: E402
 
 if TYPE_CHECKING:
     from sparsify_mlflow.pareto import Point
-    from sparsify_mlflow.training import EpochStats
+    from sparsify_mlflow.results import EpochStats
 
 
 def sparsity_figure(per_param: dict[str, float], target: float, kept_dense: Sequence[str]) -> Figure:

@@ -117,7 +117,10 @@ def _config_of(client: MlflowClient, run_id: str, working_dir: Path) -> Experime
     try:
         local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONFIG_ARTIFACT,
                                                          dst_path=str(_scratch(working_dir))))
-        return ExperimentConfig.from_json(json.loads(local.read_text()))
+        values = json.loads(local.read_text())
+        from sparsify_mlflow.usecases import resolve  # its own options' dataclass
+
+        return ExperimentConfig.from_json(values, resolve(values["use_case"]).options)
     except (MlflowException, OSError, ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"--resume: run {run_id} has no readable {CONFIG_ARTIFACT} (was it started by "
                           f"sparsify-mlflow with checkpoints?): {type(exc).__name__}") from None

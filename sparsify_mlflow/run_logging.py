@@ -3,7 +3,6 @@ and notes, each logged to the active MLflow run (experiment.py decides when)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlflow
 import torch
@@ -15,11 +14,9 @@ from sparsify_mlflow.benchmark import BenchmarkResult
 from sparsify_mlflow.checkpoint import ARTIFACT_DIR as CHECKPOINT_ARTIFACT_DIR
 from sparsify_mlflow.engines import deepsparse_status, unsupported_op_types
 from sparsify_mlflow.levels import PruningScope, RecipePlan
-from sparsify_mlflow.training import EpochStats, OomRetry, torch_predictor
+from sparsify_mlflow.results import EpochStats, ModelReport
+from sparsify_mlflow.training import OomRetry, torch_predictor
 from sparsify_mlflow.usecases.base import DataBundle, UseCase
-
-if TYPE_CHECKING:
-    from sparsify_mlflow.experiment import ModelReport
 
 
 def log_checkpoint(path: Path) -> None:
@@ -92,14 +89,11 @@ def log_prediction_figures(use_case: UseCase, data: DataBundle, dense: nn.Module
     images with the dense and the sparse model's predictions side by side."""
     import matplotlib.pyplot as plt
 
-    draw = getattr(use_case, "prediction_figures", None)
-    if draw is None:
-        return
     cpu = torch.device("cpu")
     predictors = {"dense": torch_predictor(dense, cpu)}
     if sparse is not dense:
         predictors["sparse"] = torch_predictor(sparse, cpu)
-    for path, fig in draw(predictors, data).items():
+    for path, fig in use_case.prediction_figures(predictors, data).items():
         mlflow.log_figure(fig, path)
         plt.close(fig)
 

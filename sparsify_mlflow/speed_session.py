@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from tqdm.auto import tqdm
 from sparsify_mlflow.benchmark import BenchmarkResult, tile_rows
 from sparsify_mlflow.engines import load_engine, plan_benchmarks
 
-__all__ = ["Entrant", "Load", "Measurement", "Ratio", "Reliability", "SessionResult", "plan_session", "run_session", "time_round"]
+__all__ = ["Entrant", "Load", "Measurement", "Ratio", "Reliability", "SessionResult", "plan_session", "run_session",
+           "time_round"]
 
 DEFAULT_ROUNDS = 5
 MIN_ROUND_SECONDS = 0.2        # a round of a sub-millisecond model still spans many scheduler ticks
@@ -217,15 +219,15 @@ def run_session(entrants: Sequence[Entrant], rows: list[np.ndarray], *, iteratio
             start = time.perf_counter()
             compiled[(entrant.label, engine)] = load_engine(entrant.path, engine, bs, num_cores)
             compile_seconds[(entrant.label, engine)] = time.perf_counter() - start
-        for key, eng in compiled.items():
-            time_round(lambda eng=eng: eng.run(batch), warmup, WARMUP_SECONDS, MAX_ROUND_ITERATIONS)
+        for eng in compiled.values():
+            time_round(partial(eng.run, batch), warmup, WARMUP_SECONDS, MAX_ROUND_ITERATIONS)
         times: dict[tuple[str, str], list[list[float]]] = {key: [] for key in compiled}
         keys = list(compiled)
         with meter.measuring(), tqdm(total=rounds * len(keys), desc=f"benchmark bs{bs}", unit="run",
                                      leave=False, disable=None) as bar:
             for rnd in range(rounds):
                 for key in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
-                    run = lambda eng=compiled[key]: eng.run(batch)  # noqa: E731
+                    run = partial(compiled[key].run, batch)
                     time_round(run, 1, ROUND_WARMUP_SECONDS, MAX_ROUND_ITERATIONS)
                     times[key].append(time_round(run, per_round, MIN_ROUND_SECONDS, MAX_ROUND_ITERATIONS))
                     bar.update()

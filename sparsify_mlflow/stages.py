@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from typing import ContextManager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 
 class StageClock:
@@ -52,5 +51,5 @@ def start() -> StageClock:
     return _current
 
 
-def stage(name: str) -> ContextManager[None]:
+def stage(name: str) -> AbstractContextManager[None]:
     return _current.stage(name) if _current is not None else nullcontext()

@@ -11,7 +11,7 @@ from sparsify_mlflow.remote import redact_uri
 from sparsify_mlflow.report import output_console, print_table
 
 if TYPE_CHECKING:
-    from sparsify_mlflow.experiment import ExperimentResult, ModelReport
+    from sparsify_mlflow.results import ExperimentResult, ModelReport
 
 
 def _bench(side: ModelReport, key: str, field: str) -> float | None:

@@ -28,6 +28,7 @@ from sparsify_mlflow import experiment, pareto, report, stages, tracking
 from sparsify_mlflow.config import ExperimentConfig, parse_optim_level
 from sparsify_mlflow.errors import ConfigError, UserError
 from sparsify_mlflow.registry import CANDIDATE_ALIAS
+from sparsify_mlflow.results import ExperimentResult, ModelReport
 from sparsify_mlflow.speed_session import RELIABLE_TAG
 
 RECOMMENDED_ALIAS = "recommended"
@@ -76,7 +77,7 @@ def build_sweep_options(levels: str | None, max_metric_drop: float | None = None
 class LevelOutcome:
     level: float
     run_id: str | None
-    result: experiment.ExperimentResult | None = None
+    result: ExperimentResult | None = None
     error: str | None = None
 
 
@@ -88,7 +89,7 @@ class SweepResult:
     experiment_id: str
     tracking_uri: str
     folder: Path
-    dense: experiment.ModelReport
+    dense: ModelReport
     levels: list[LevelOutcome]
     rows: list[dict[str, Any]]                 # the comparison table, dense first
     recommendation: pareto.Recommendation      # index into `levels` (not into rows)
@@ -195,7 +196,7 @@ def _level_failed(level: float, exc: Exception) -> str:
 
 
 def _conclude(cfg: ExperimentConfig, options: SweepOptions, parent_id: str, experiment_id: str, tracking_uri: str,
-              root: Path, dense: experiment.ModelReport, outcomes: list[LevelOutcome], notes: list[str]) -> SweepResult:
+              root: Path, dense: ModelReport, outcomes: list[LevelOutcome], notes: list[str]) -> SweepResult:
     """Table, Pareto fronts, recommendation and figure, logged to the sweep run; aliases moved.
 
     Every figure is on the deploy engine and every speedup compares it with itself (the session's
@@ -263,7 +264,7 @@ def _tag_versions(name: str, parent_id: str, done: list[LevelOutcome]) -> None:
             client.set_model_version_tag(name, o.result.registered.version, "sweep_run_id", parent_id)
 
 
-def _point(label: str, side: experiment.ModelReport, comparison: dict[str, float], engine: str, bs: int,
+def _point(label: str, side: ModelReport, comparison: dict[str, float], engine: str, bs: int,
            is_dense: bool = False) -> pareto.Point:
     lat, thr = side.benchmarks.get(f"{engine}.bs1"), side.benchmarks.get(f"{engine}.bs{bs}")
     return pareto.Point(
@@ -275,9 +276,9 @@ def _point(label: str, side: experiment.ModelReport, comparison: dict[str, float
         is_dense=is_dense)
 
 
-def _row(label: str, side: experiment.ModelReport, comparison: dict[str, float], engine: str, bs: int,
+def _row(label: str, side: ModelReport, comparison: dict[str, float], engine: str, bs: int,
          status: str, run_id: str | None, point: pareto.Point, index: int, fronts: dict[str, list[int]],
-         recommended: bool, result: experiment.ExperimentResult | None = None) -> dict[str, Any]:
+         recommended: bool, result: ExperimentResult | None = None) -> dict[str, Any]:
     """One line of the table; speedups only against the dense model on the same engine, with the
     engine named where DeepSparse could not compile the level (its speedup is then ONNX Runtime's)."""
     mb = 1024 * 1024

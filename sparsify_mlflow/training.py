@@ -10,7 +10,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ from sparsify_mlflow.checkpoint import Checkpoint
 from sparsify_mlflow.config import TrainKwargs
 from sparsify_mlflow.errors import UserError
 from sparsify_mlflow.levels import PruningScope
-from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor, UseCase
+from sparsify_mlflow.results import EpochStats, epoch_stats_from_dict
+from sparsify_mlflow.usecases.base import DataBundle, Predictor, UseCase
 
 OOM_RETRIES = 3  # halvings of the batch size after an out-of-memory error, per training stage
 # Rehearse the step-down without a small GPU: batches larger than this request an impossible
@@ -48,28 +49,12 @@ class OomRetry:
 
 
 @dataclass
-class EpochStats:
-    epoch: int                 # 1-based
-    train_loss: float
-    val: Metrics
-    lr: float
-    sparsity: float            # over the pruning scope
-    seconds: float
-    step_seconds: float = 0.0  # mean wall time of one optimizer step (forward, backward, step)
-
-
-@dataclass
 class TrainResult:
     history: list[EpochStats]
     seconds: float
     steps_per_epoch: int
     batch_size: int = 0                                    # the one that fitted in memory
     oom_retries: list[OomRetry] = field(default_factory=list)
-
-
-def epoch_stats_from_dict(row: dict, main_metric: str | None) -> EpochStats:
-    """An EpochStats back from its asdict() form (history.json, checkpoints)."""
-    return EpochStats(**(row | {"val": Metrics(**row["val"]).with_main(main_metric)}))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -125,147 +110,165 @@ def scope_sparsity(model: nn.Module, scope: PruningScope) -> tuple[float, dict[s
     return (zeros / total if total else 0.0), per_param
 
 
-def train(
-    model: nn.Module,
-    use_case: UseCase,
-    data: DataBundle,
-    recipe: str,
-    scope: PruningScope,
-    *,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    device: torch.device,
-    desc: str,
-    log_dir: Path,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-    teacher: nn.Module | None = None,
-    main_metric: str | None = None,
-    kwargs: TrainKwargs = TrainKwargs(),
-    checkpoint_path: Path | None = None,
-    checkpoint_key: str = "",
-    resume_from: Checkpoint | None = None,
-    on_checkpoint: Callable[[Path], None] | None = None,
-) -> TrainResult:
-    """Train `model` in place under `recipe` (its epoch range sets the length) and finalize it.
+@dataclass
+class Stage:
+    """One training stage as the experiment asks for it: the recipe, its settings, where it reports."""
 
-    With a `teacher` and a DistillationModifier in the recipe, each step's loss goes through
+    recipe: str                  # sparseml recipe YAML; its epoch range sets the length
+    batch_size: int
+    lr: float
+    seed: int
+    desc: str                    # "dense", "sparse": progress bars and epoch lines
+    log_dir: Path                # sparseml's modifier log
+    main_metric: str | None = None                 # --eval-metric: the validation figure shown per epoch
+    kwargs: TrainKwargs = field(default_factory=TrainKwargs)   # --train-kwargs
+    teacher: nn.Module | None = None               # distillation (with a DistillationModifier in the recipe)
+    resume_from: Checkpoint | None = None          # continue from this checkpoint's epoch
+    checkpoint_path: Path | None = None            # every epoch ends with a checkpoint here...
+    checkpoint_key: str = ""                       # ...marked with the configuration that wrote it
+    on_epoch: Callable[[EpochStats], None] | None = None
+    on_checkpoint: Callable[[Path], None] | None = None
+
+
+def train(model: nn.Module, use_case: UseCase, data: DataBundle, scope: PruningScope, stage: Stage,
+          device: torch.device) -> TrainResult:
+    """Train `model` in place under the stage's recipe and finalize it: an epoch step, then an epoch
+    close (evaluate, log, checkpoint), per epoch. Under torchrun each rank trains its shard of every
+    batch; a plain run is a process group of one (distributed.SingleProcess)."""
+    loop = _Loop(model, use_case, data, scope, stage, device)
+    for epoch in range(loop.start_epoch, loop.epochs):
+        losses, seconds = loop.step_epoch(epoch)
+        loop.close_epoch(epoch, losses, seconds)
+    return loop.finish()
+
+
+class _Loop:
+    """The state one stage's epochs share: sparseml's manager, the optimizer, the loader, the history.
+
+    With a teacher and a DistillationModifier in the recipe, each step's loss goes through
     `manager.loss_update` with the student's outputs and inputs (the use case's
-    `distillation_step`), and sparseml mixes in the teacher's soft targets. `main_metric`
-    (--eval-metric) names the validation figure shown per epoch; `kwargs` are --train-kwargs.
-    With `checkpoint_path`, every epoch ends with a checkpoint there, marked `checkpoint_key` (then
-    `on_checkpoint(path)`);
-    `resume_from` continues a stage from one: sparseml's schedule restarts at its epoch.
+    `distillation_step`), and sparseml mixes in the teacher's soft targets. Resuming restores the
+    checkpoint's weights, optimizer, masks and RNG, and sparseml's schedule restarts at its epoch.
     """
-    from sparseml.pytorch.optim import ScheduledModifierManager
 
-    ctx = distributed.current()  # under torchrun: this rank's share of each batch, same recipe
-    leader = ctx is None or ctx.leader
-    device = ctx.device if ctx is not None else device
-    _sparseml_logs_to(log_dir)
-    generator = seed_everything(seed)
-    loader, sampler = _loader(data, batch_size, generator, kwargs, ctx)
-    model.to(device)
-    if ctx is not None:
-        distributed.sync_from_leader(model)
-    if resume_from is not None:
-        checkpoint.restore_weights_early(resume_from, model)
-    manager = ScheduledModifierManager.from_yaml(recipe)
-    epochs = max(1, math.ceil(manager.max_epochs))
-    distill = teacher is not None and bool(manager.distillation_modifiers)
-    raw_optimizer = apply_train_kwargs(use_case.make_optimizer(model, lr), kwargs)
-    start_epoch = resume_from.epoch if resume_from is not None else 0
-    optimizer = manager.modify(model, raw_optimizer, steps_per_epoch=len(loader), epoch=float(start_epoch),
-                               **({"distillation_teacher": teacher} if distill else {}))
-    history: list[EpochStats] = []
-    if resume_from is not None:
-        checkpoint.restore(resume_from, model=model, optimizer=raw_optimizer, manager=manager, generator=generator)
-        history = [epoch_stats_from_dict(row, main_metric) for row in resume_from.history]
-        tqdm.write(f"  {desc}: resuming after epoch {start_epoch}/{epochs} from the checkpoint")
-    net = distributed.wrap(model, ctx) if ctx is not None else model  # forward/backward through DDP
-    _simulated_memory_limit(batch_size)
-    start = time.perf_counter()
-    for epoch in range(start_epoch, epochs):
-        epoch_start = time.perf_counter()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        model.train()
-        losses = []
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   disable=None if leader else True)
+    def __init__(self, model: nn.Module, use_case: UseCase, data: DataBundle, scope: PruningScope, stage: Stage,
+                 device: torch.device) -> None:
+        from sparseml.pytorch.optim import ScheduledModifierManager
+
+        self.model, self.use_case, self.data, self.scope, self.stage = model, use_case, data, scope, stage
+        self.group = distributed.group()
+        self.device = self.group.place(device)
+        _sparseml_logs_to(stage.log_dir)
+        self.generator = seed_everything(stage.seed)
+        self.loader, self.sampler = _loader(data, stage.batch_size, self.generator, stage.kwargs, self.group)
+        model.to(self.device)
+        self.group.share_weights(model)
+        resume = stage.resume_from
+        if resume is not None:
+            checkpoint.restore_weights_early(resume, model)
+        self.manager = ScheduledModifierManager.from_yaml(stage.recipe)
+        self.epochs = max(1, math.ceil(self.manager.max_epochs))
+        self.distill = stage.teacher is not None and bool(self.manager.distillation_modifiers)
+        self.raw_optimizer = apply_train_kwargs(use_case.make_optimizer(model, stage.lr), stage.kwargs)
+        self.start_epoch = resume.epoch if resume is not None else 0
+        self.optimizer = self.manager.modify(model, self.raw_optimizer, steps_per_epoch=len(self.loader),
+                                             epoch=float(self.start_epoch),
+                                             **({"distillation_teacher": stage.teacher} if self.distill else {}))
+        self.history: list[EpochStats] = []
+        if resume is not None:
+            checkpoint.restore(resume, model=model, optimizer=self.raw_optimizer, manager=self.manager,
+                               generator=self.generator)
+            self.history = [epoch_stats_from_dict(row, stage.main_metric) for row in resume.history]
+            tqdm.write(f"  {stage.desc}: resuming after epoch {self.start_epoch}/{self.epochs} from the checkpoint")
+        self.net = self.group.wrap(model)  # forward/backward through DDP when there is a process group
+        _simulated_memory_limit(stage.batch_size)
+        self.started = time.perf_counter()
+
+    def step_epoch(self, epoch: int) -> tuple[list[float], float]:
+        """One pass over this rank's batches: (the step losses, the seconds they took)."""
+        started = time.perf_counter()
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self.model.train()
+        losses: list[float] = []
+        bar = tqdm(self.loader, desc=f"{self.stage.desc} {epoch + 1}/{self.epochs}", unit="batch", leave=False,
+                   disable=None if self.group.leader else True)
         for batch in bar:
-            optimizer.zero_grad(set_to_none=True)
-            if distill:
-                loss, outputs, inputs = use_case.distillation_step(net, batch, device)
-                loss = manager.loss_update(loss, model, optimizer, optimizer.wrapped_epoch,
-                                           optimizer.wrapped_steps_per_epoch,
-                                           student_outputs=outputs, student_inputs=inputs)
-            else:
-                loss = use_case.training_step(net, batch, device)
-            loss.backward()
-            if kwargs.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), kwargs.grad_clip)
-            optimizer.step()
-            if ctx is not None:  # QAT's start rebuilt modules inside the wrapper
-                net = distributed.rewrap_if_changed(net, ctx)
-            losses.append(float(loss))
+            losses.append(self._step(batch))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        train_seconds = time.perf_counter() - epoch_start
-        train_loss = distributed.mean(float(np.mean(losses)), ctx)
-        if ctx is not None and not distributed.same_weights_everywhere(model, ctx):
-            raise RuntimeError(f"rank {ctx.rank}: the ranks' weights diverged in epoch {epoch + 1}")
-        if not leader:
-            continue  # the leader evaluates, logs and checkpoints
-        lr_now = float(optimizer.param_groups[0]["lr"])
-        val = use_case.evaluate(torch_predictor(model, device), data, batch_size).with_main(main_metric)
-        stats = EpochStats(
-            epoch=epoch + 1, train_loss=train_loss, val=val, lr=lr_now,
-            sparsity=scope_sparsity(model, scope)[0], seconds=time.perf_counter() - epoch_start,
-            step_seconds=train_seconds / max(1, len(losses)),
-        )
-        history.append(stats)
-        tqdm.write(
-            f"  {desc} epoch {stats.epoch}/{epochs}: loss {stats.train_loss:.4f}  "
-            f"{val.main_name} {val.main:.4f}  sparsity {stats.sparsity:.3f}  lr {lr_now:.2e}  "
-            f"({stats.seconds:.1f}s)"
-        )
-        if on_epoch is not None:
-            on_epoch(stats)
-        if checkpoint_path is not None:
-            checkpoint.save(checkpoint_path, epoch=epoch + 1, batch_size=batch_size, model=model,
-                            optimizer=raw_optimizer, manager=manager, generator=generator, history=history,
-                            key=checkpoint_key)
-            if on_checkpoint is not None:
-                on_checkpoint(checkpoint_path)
-    manager.finalize(model)
-    if ctx is not None and leader:
-        distributed.stage_finished()
-    model.eval()
-    if teacher is not None:
-        teacher.cpu()  # sparseml moved it next to the inputs
-    return TrainResult(history, time.perf_counter() - start, len(loader), batch_size)
+        return losses, time.perf_counter() - started
+
+    def _step(self, batch: object) -> float:
+        optimizer = self.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        if self.distill:
+            loss, outputs, inputs = self.use_case.distillation_step(self.net, batch, self.device)
+            loss = self.manager.loss_update(loss, self.model, optimizer, optimizer.wrapped_epoch,
+                                            optimizer.wrapped_steps_per_epoch,
+                                            student_outputs=outputs, student_inputs=inputs)
+        else:
+            loss = self.use_case.training_step(self.net, batch, self.device)
+        loss.backward()
+        if self.stage.kwargs.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.stage.kwargs.grad_clip)
+        optimizer.step()
+        self.net = self.group.rewrap(self.net)  # QAT's start rebuilt modules inside a DDP wrapper
+        return float(loss)
+
+    def close_epoch(self, epoch: int, losses: list[float], step_seconds: float) -> None:
+        """The leader evaluates, reports, logs and checkpoints the epoch; the workers only check in."""
+        epoch_started = time.perf_counter() - step_seconds
+        train_loss = self.group.mean(float(np.mean(losses)))
+        self.group.check_weights(self.model, epoch + 1)
+        if not self.group.leader:
+            return
+        stage = self.stage
+        lr_now = float(self.optimizer.param_groups[0]["lr"])
+        val = self.use_case.evaluate(torch_predictor(self.model, self.device), self.data, stage.batch_size
+                                     ).with_main(stage.main_metric)
+        stats = EpochStats(epoch=epoch + 1, train_loss=train_loss, val=val, lr=lr_now,
+                           sparsity=scope_sparsity(self.model, self.scope)[0],
+                           seconds=time.perf_counter() - epoch_started,
+                           step_seconds=step_seconds / max(1, len(losses)))
+        self.history.append(stats)
+        tqdm.write(f"  {stage.desc} epoch {stats.epoch}/{self.epochs}: loss {stats.train_loss:.4f}  "
+                   f"{val.main_name} {val.main:.4f}  sparsity {stats.sparsity:.3f}  lr {lr_now:.2e}  "
+                   f"({stats.seconds:.1f}s)")
+        if stage.on_epoch is not None:
+            stage.on_epoch(stats)
+        if stage.checkpoint_path is not None:
+            checkpoint.save(stage.checkpoint_path, epoch=epoch + 1, batch_size=stage.batch_size, model=self.model,
+                            optimizer=self.raw_optimizer, manager=self.manager, generator=self.generator,
+                            history=self.history, key=stage.checkpoint_key)
+            if stage.on_checkpoint is not None:
+                stage.on_checkpoint(stage.checkpoint_path)
+
+    def finish(self) -> TrainResult:
+        self.manager.finalize(self.model)
+        self.group.stage_finished()
+        self.model.eval()
+        if self.stage.teacher is not None:
+            self.stage.teacher.cpu()  # sparseml moved it next to the inputs
+        return TrainResult(self.history, time.perf_counter() - self.started, len(self.loader), self.stage.batch_size)
 
 
 def _loader(data: DataBundle, batch_size: int, generator: torch.Generator, kwargs: TrainKwargs,
-            ctx: distributed.Context | None) -> tuple[torch.utils.data.DataLoader, torch.utils.data.Sampler | None]:
-    """Shuffled training batches; under DDP each rank takes its shard and batch_size // world of each
-    batch, so the global batch, the steps per epoch and so the recipe's schedule stay the same."""
+            group: distributed.Context | distributed.SingleProcess
+            ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.Sampler | None]:
+    """Shuffled training batches; under DDP each rank takes its shard and its part of each batch."""
     workers = kwargs.num_workers if kwargs.num_workers is not None else (0 if len(data.train) < 5000 else 2)
-    sampler = None
-    if ctx is not None:
-        sampler = torch.utils.data.DistributedSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank,
-                                                      shuffle=True, seed=int(generator.initial_seed()))
-        batch_size = max(1, batch_size // ctx.world_size)
+    sampler = group.sampler(data.train, int(generator.initial_seed()))
+    per_rank = group.per_rank(batch_size)
     loader = torch.utils.data.DataLoader(
-        data.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-        drop_last=len(sampler if sampler is not None else data.train) > batch_size,
+        data.train, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
+        drop_last=len(sampler if sampler is not None else data.train) > per_rank,
         generator=generator, num_workers=workers,
     )
     return loader, sampler
 
 
-def train_stepping_down(model: nn.Module, *args: object, batch_size: int,
-                        on_retry: Callable[[OomRetry], None] | None = None, **kwargs: object
+def train_stepping_down(model: nn.Module, use_case: UseCase, data: DataBundle, scope: PruningScope, stage: Stage,
+                        device: torch.device, on_retry: Callable[[OomRetry], None] | None = None
                         ) -> tuple[nn.Module, TrainResult]:
     """`train` that survives out-of-memory errors: the stage restarts from the untouched model
     with half the batch size, at most OOM_RETRIES times; after the last it raises OutOfMemory.
@@ -274,13 +277,12 @@ def train_stepping_down(model: nn.Module, *args: object, batch_size: int,
     one in place) and the result, whose `oom_retries` say what happened.
     """
     if distributed.current() is not None:  # every rank must train the same batch size: no step-down
-        result = train(model, *args, batch_size=batch_size, **kwargs)
-        return model, result
+        return model, train(model, use_case, data, scope, stage, device)
     pristine = copy.deepcopy(model).cpu()
     retries: list[OomRetry] = []
     while True:
         try:
-            result = train(model, *args, batch_size=batch_size, **kwargs)
+            result = train(model, use_case, data, scope, stage, device)
             result.oom_retries = retries
             return model, result
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
@@ -289,6 +291,7 @@ def train_stepping_down(model: nn.Module, *args: object, batch_size: int,
             error = _first_line(exc)
         model.cpu()  # the failed attempt leaves the device (the caller may still hold it)
         _release_memory()
+        batch_size = stage.batch_size
         tried = " -> ".join(str(r.failed_batch_size) for r in retries)
         if len(retries) == OOM_RETRIES or batch_size == 1:
             raise OutOfMemory(f"out of memory training at batch size {batch_size} after {len(retries)} "
@@ -297,7 +300,7 @@ def train_stepping_down(model: nn.Module, *args: object, batch_size: int,
         retries.append(OomRetry(len(retries) + 1, batch_size, batch_size // 2, error))
         if on_retry is not None:
             on_retry(retries[-1])
-        batch_size //= 2
+        stage = replace(stage, batch_size=batch_size // 2)
         model = copy.deepcopy(pristine)
 
 

@@ -93,7 +93,7 @@ def generate_ner(rows: int, seed: int = _SEED) -> list[dict[str, list[str]]]:
 
 def qa_paragraph(rng: random.Random, index: int) -> dict:
     """A context about two or three people and four questions on it, with answer offsets."""
-    people = rng.sample([f"{f} {l}" for f in FIRST for l in LAST], rng.choice((2, 3)))
+    people = rng.sample([f"{first} {last}" for first in FIRST for last in LAST], rng.choice((2, 3)))
     context, facts = "", []
     for person in people:
         place, org, job, year = rng.choice(PLACES), rng.choice(ORGS), rng.choice(JOBS), str(rng.randint(1950, 2005))

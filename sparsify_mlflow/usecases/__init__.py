@@ -1,70 +1,92 @@
-"""Use-case registry: canonical names, aliases, and lookup with a helpful error."""
+"""The use-case registry: every use case by name, where it lives and the aliases it answers to.
+
+A use case's module is imported only when it is first asked for, so a bad `--use-case` is
+reported before torch or transformers are imported. Adding a use case is a row here, its module
+(a `UseCase` subclass, see base.py), a row in the contract test's settings and a docs page.
+"""
 from __future__ import annotations
 
-from sparsify_mlflow.errors import ConfigError
-from sparsify_mlflow.usecases.base import UseCase
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-_REGISTRY: dict[str, UseCase] = {}
-_ALIASES: dict[str, str] = {}
+from sparsify_mlflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sparsify_mlflow.usecases.base import UseCase
+
+
+@dataclass(frozen=True)
+class Entry:
+    module: str                 # imported on first use
+    cls: str                    # the UseCase subclass in it
+    aliases: tuple[str, ...]
+
+
+_PACKAGE = "sparsify_mlflow.usecases"
+REGISTRY: dict[str, Entry] = {
+    "cv-classification": Entry(
+        f"{_PACKAGE}.image_classification", "ImageClassification",
+        ("image_classification", "image-classification", "classification", "cv_classification", "ic")),
+    "cv-detection": Entry(
+        f"{_PACKAGE}.vision_dense.detection", "Detection",
+        ("object_detection", "object-detection", "detection", "yolo", "cv_detection")),
+    "cv-segmentation": Entry(
+        f"{_PACKAGE}.vision_dense.segmentation", "Segmentation",
+        ("image_segmentation", "image-segmentation", "segmentation", "cv_segmentation")),
+    "nlp-text_classification": Entry(
+        f"{_PACKAGE}.nlp.text_classification", "TextClassification",
+        ("text_classification", "text-classification", "nlp_text_classification", "nlp-text-classification")),
+    "nlp-sentiment_analysis": Entry(
+        f"{_PACKAGE}.nlp.text_classification", "SentimentAnalysis",
+        ("sentiment_analysis", "sentiment-analysis", "sentiment", "nlp_sentiment_analysis", "nlp-sentiment-analysis")),
+    "nlp-token_classification": Entry(
+        f"{_PACKAGE}.nlp.token_classification", "TokenClassification",
+        ("token_classification", "token-classification", "nlp_token_classification", "nlp-token-classification")),
+    "nlp-named_entity_recognition": Entry(
+        f"{_PACKAGE}.nlp.token_classification", "NamedEntityRecognition",
+        ("ner", "named_entity_recognition", "named-entity-recognition", "nlp_named_entity_recognition",
+         "nlp-named-entity-recognition", "nlp-ner")),
+    "nlp-question_answering": Entry(
+        f"{_PACKAGE}.nlp.question_answering", "QuestionAnswering",
+        ("question_answering", "question-answering", "qa", "nlp_question_answering", "nlp-question-answering",
+         "extractive_question_answering")),
+}
+_LOADED: dict[str, UseCase] = {}
 
 
 def _key(name: str) -> str:
     return name.strip().lower()
 
 
-def register(use_case: UseCase) -> UseCase:
-    """Add a use case; its name and aliases must not clash with existing ones."""
-    for alias in (use_case.name, *use_case.aliases):
-        owner = _ALIASES.get(_key(alias))
-        if owner is not None and owner != use_case.name:
-            raise ValueError(f"alias {alias!r} of {use_case.name} already belongs to {owner}")
-        _ALIASES[_key(alias)] = use_case.name
-    _REGISTRY[use_case.name] = use_case
-    return use_case
+def aliases() -> dict[str, str]:
+    """Every accepted spelling (lower case) -> canonical name."""
+    out: dict[str, str] = {}
+    for name, entry in REGISTRY.items():
+        for alias in (name, *entry.aliases):
+            owner = out.setdefault(_key(alias), name)
+            if owner != name:
+                raise ValueError(f"alias {alias!r} of {name} already belongs to {owner}")
+    return out
 
 
 def names() -> list[str]:
     """Canonical names, sorted."""
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return sorted(REGISTRY)
 
 
-def aliases() -> dict[str, str]:
-    """Every accepted spelling -> canonical name."""
-    _load_builtin()
-    return dict(_ALIASES)
-
-
-def eval_metrics(use_case: UseCase) -> dict[str, str]:
-    """--eval-metric choices (Sparsify's names) -> the metric they select, as the use case logs it.
-
-    A use case without an `eval_metrics` table offers its main metric only.
-    """
-    return dict(getattr(use_case, "eval_metrics", None) or {use_case.main_metric: use_case.main_metric})
+def canonical(name_or_alias: str) -> str:
+    """The canonical name for a name or alias (case-insensitive); unknown names list the choices."""
+    name = aliases().get(_key(name_or_alias))
+    if name is None:
+        raise ConfigError(f"unknown use case {name_or_alias!r}; supported: {', '.join(names())}")
+    return name
 
 
 def resolve(name_or_alias: str) -> UseCase:
-    """The use case for a name or alias (case-insensitive); unknown names list the choices."""
-    _load_builtin()
-    canonical = _ALIASES.get(_key(name_or_alias))
-    if canonical is None:
-        raise ConfigError(
-            f"unknown use case {name_or_alias!r}; supported: {', '.join(names())}"
-        )
-    return _REGISTRY[canonical]
-
-
-def _load_builtin() -> None:
-    """Import the built-in use-case modules (they call register(); Python imports each once).
-
-    Not skipped when the registry is non-empty: importing one use-case module directly registers
-    only that one, and the others must still load.
-    """
-    from sparsify_mlflow.usecases import (  # noqa: F401
-        detection,
-        image_classification,
-        question_answering,
-        segmentation,
-        text_classification,
-        token_classification,
-    )
+    """The use case for a name or alias, its module imported the first time."""
+    name = canonical(name_or_alias)
+    if name not in _LOADED:
+        entry = REGISTRY[name]
+        _LOADED[name] = getattr(importlib.import_module(entry.module), entry.cls)(name)
+    return _LOADED[name]

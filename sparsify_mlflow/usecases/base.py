@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from sparsify_mlflow.options import NoOptions
 
 if TYPE_CHECKING:
     import torch
@@ -95,46 +98,95 @@ def classification_metrics(preds: torch.Tensor, target: torch.Tensor, num_classe
     return values
 
 
-class UseCase(Protocol):
-    name: str
-    aliases: tuple[str, ...]
-    default_model: str
-    default_epochs: int
-    default_batch_size: int
-    default_lr: float
-    main_metric: str                     # the metric `Metrics.main` names unless --eval-metric picks another
-    # Optional: `eval_metrics: dict[str, str]`, --eval-metric choices -> logged metric (see usecases.eval_metrics)
+class UseCase:
+    """A use case: the one interface behind which use cases differ, every hook declared here.
 
-    def load_data(self, cfg: ExperimentConfig) -> DataBundle: ...
+    A use case subclasses this, sets the class attributes and implements the required hooks (they
+    raise NotImplementedError here); the optional ones have the default written below. The registry
+    (usecases/__init__.py) creates it with its canonical name.
+    """
 
-    def create_model(self, cfg: ExperimentConfig, num_labels: int, pretrained: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
+    default_model: ClassVar[str]
+    default_epochs: ClassVar[int]
+    default_batch_size: ClassVar[int]
+    default_lr: ClassVar[float]
+    main_metric: ClassVar[str]                    # what `Metrics.main` names unless --eval-metric picks another
+    eval_metrics: ClassVar[dict[str, str]] = {}   # --eval-metric choices -> logged metric ({}: the main one only)
+    default_pretrained: ClassVar[bool | None] = None  # None: pretrained weights only for a model the user names
+    default_distill: ClassVar[bool] = False       # the dense baseline teaches the sparse model unless --teacher off
+    distills: ClassVar[bool] = False              # implements distillation_step and load_teacher
+    options: ClassVar[type] = NoOptions           # the use case's own options: a dataclass of options.option()s
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    # ---- required -------------------------------------------------------------------------------
+
+    def load_data(self, cfg: ExperimentConfig) -> DataBundle:
+        raise NotImplementedError
+
+    def create_model(self, cfg: ExperimentConfig, num_labels: int, pretrained: bool
+                     ) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The model with its head sized to `num_labels`, plus facts to log (arch, weights)."""
-        ...
+        raise NotImplementedError
 
     def build_model(self, cfg: ExperimentConfig, data: DataBundle) -> torch.nn.Module:
         """create_model for the data's labels and the config's weights choice; facts go to data.info."""
-        ...
+        raise NotImplementedError
 
-    def make_optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer: ...
+    def make_optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        raise NotImplementedError
 
-    def training_step(self, model: torch.nn.Module, batch: Any, device: torch.device) -> torch.Tensor: ...
+    def training_step(self, model: torch.nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
 
     def eval_batches(self, data: DataBundle, batch_size: int) -> Iterator[tuple[list[np.ndarray], Any]]:
         """Validation batches as (model inputs as numpy, targets)."""
-        ...
+        raise NotImplementedError
 
-    def evaluate(self, predict: Predictor, data: DataBundle, batch_size: int) -> Metrics: ...
+    def evaluate(self, predict: Predictor, data: DataBundle, batch_size: int) -> Metrics:
+        raise NotImplementedError
 
     def sample_inputs(self, data: DataBundle, n: int) -> list[np.ndarray]:
         """`n` real validation rows per model input, for export, signatures and benchmarks."""
-        ...
+        raise NotImplementedError
 
     def io_names(self, data: DataBundle) -> tuple[list[str], list[str]]:
         """ONNX input and output names."""
-        ...
+        raise NotImplementedError
 
-    def pruning_scope(self, model: torch.nn.Module) -> PruningScope: ...
+    def pruning_scope(self, model: torch.nn.Module) -> PruningScope:
+        raise NotImplementedError
 
     def deployment_config(self, data: DataBundle) -> dict[str, Any]:
         """What a user needs beside model.onnx to run it (labels, preprocessing)."""
-        ...
+        raise NotImplementedError
+
+    # ---- optional, with their defaults ----------------------------------------------------------
+
+    def eval_metric_choices(self) -> dict[str, str]:
+        """--eval-metric choices (Sparsify's names) -> the metric they select, as this use case logs it."""
+        return dict(self.eval_metrics) or {self.main_metric: self.main_metric}
+
+    def check_options(self, cfg: ExperimentConfig) -> None:
+        """Checks that involve several options (ConfigError); each option alone is checked where declared."""
+
+    def distillation_step(self, model: torch.nn.Module, batch: Any, device: torch.device
+                          ) -> tuple[torch.Tensor, Any, Any]:
+        """(task loss, student outputs, student inputs) of one batch, for sparseml's distillation."""
+        raise NotImplementedError(f"{self.name} does not distil")
+
+    def load_teacher(self, name: str, data: DataBundle) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """A named --teacher, checked against the data before any training (ModelError if it cannot teach)."""
+        raise NotImplementedError(f"{self.name} does not distil")
+
+    def deployment_files(self, data: DataBundle, folder: Path) -> None:
+        """Files the deployment folder needs beside model.onnx (e.g. a tokenizer); none by default."""
+
+    def serving_model(self, data: DataBundle, folder: Path) -> dict[str, Any] | None:
+        """register_pyfunc's arguments for a model that serves raw inputs; None: the plain ONNX model."""
+        return None
+
+    def prediction_figures(self, predictors: dict[str, Predictor], data: DataBundle) -> dict[str, Any]:
+        """Figures of a few predictions, dense beside sparse (path in the run -> matplotlib figure)."""
+        return {}

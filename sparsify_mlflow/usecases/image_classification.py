@@ -14,16 +14,16 @@ from sparsify_mlflow.data.downloads import named_image_dataset
 from sparsify_mlflow.data.fingerprint import fingerprint_files
 from sparsify_mlflow.data.imagefolder import ImageFileDataset, scan_image_folder
 from sparsify_mlflow.levels import PruningScope
-from sparsify_mlflow.usecases import register
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
     DataBundle,
     Metrics,
     Predictor,
+    UseCase,
     classification_metrics,
     collect_predictions,
 )
-from sparsify_mlflow.usecases.vision import build_vision_model
+from sparsify_mlflow.usecases.vision import VisionOptions, build_vision_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,9 +32,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_IMAGE_SIZE = 40
 
 
-class ImageClassification:
-    name = "cv-classification"
-    aliases = ("image_classification", "image-classification", "classification", "cv_classification", "ic")
+class ImageClassification(UseCase):
+    options = VisionOptions
     default_model = "resnet18"
     default_epochs = 10
     default_batch_size = 64
@@ -55,7 +54,7 @@ class ImageClassification:
             if not root.exists():
                 root = named_image_dataset(cfg.data) or root
         splits = scan_image_folder(root, cfg.seed)
-        size = cfg.image_size or (DIGITS_IMAGE_SIZE if embedded else 224)
+        size = cfg.use_case_options.image_size or (DIGITS_IMAGE_SIZE if embedded else 224)
         resize = int(round(size / 0.875))
         normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         train_tf = T.Compose([T.Resize(resize), T.RandomCrop(size), T.ToTensor(), normalize])
@@ -157,5 +156,3 @@ class ImageClassification:
             "preprocessing": data.preprocessing,
         }
 
-
-register(ImageClassification())

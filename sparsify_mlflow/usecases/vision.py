@@ -1,6 +1,7 @@
 """torchvision models for the CV use cases: QAT-ready variants, pretrained weights, checkpoints."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,15 @@ import torch
 from torch import nn
 
 from sparsify_mlflow.errors import ModelError
+from sparsify_mlflow.options import option, positive_int
+
+
+@dataclass(frozen=True)
+class VisionOptions:
+    """The CV use cases' own options."""
+
+    image_size: int | None = option(None, "CV input size in pixels (default: 224; 40 for the embedded digits; "
+                                    "detection/segmentation: 64).", check=positive_int)
 
 # torchvision.models.quantization: the variants that survive QAT (no shared ReLU, no in-place
 # residual add). Plain torchvision resnets fail under QAT (STACK.md), so these names map here.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +23,19 @@ from torch import nn
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import text_hub, token_files
 from sparsify_mlflow.data.fingerprint import fingerprint_records
-from sparsify_mlflow.usecases import register
+from sparsify_mlflow.options import option
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
-from sparsify_mlflow.usecases.token_metrics import entity_metrics
-from sparsify_mlflow.usecases.transformer_task import (
+from sparsify_mlflow.usecases.nlp.token_metrics import entity_metrics
+from sparsify_mlflow.usecases.nlp.transformer_task import (
     TRUNCATION_WARNING,
     EncodedDataset,
+    TransformerOptions,
     TransformerTask,
     embedded_rows,
     int64_arrays,
     is_embedded,
 )
-from sparsify_mlflow.usecases.transformers_models import load_tokenizer, load_token_classifier
+from sparsify_mlflow.usecases.nlp.transformers_models import load_token_classifier, load_tokenizer
 
 IGNORE = -100  # label of sub-tokens after the first, special tokens and padding
 
@@ -67,7 +69,17 @@ def encode_sentences(sentences: list[token_files.Sentence], tokenizer: Any, max_
     return TaggedSentences(sentences, encoded, labels, word_starts, tokenizer), cut
 
 
+@dataclass(frozen=True)
+class TokenOptions(TransformerOptions):
+    tokens_column: str | None = option(None, "Token classification: field with the word list (default: "
+                                       "auto-detected, tokens or words).")
+    tags_column: str | None = option(None, "Token classification: field with the tag list (default: "
+                                     "auto-detected, ner_tags, tags or labels).")
+
+
 class TokenClassification(TransformerTask):
+    task = "token-classification"
+    options = TokenOptions
     default_epochs = 6
     main_metric = "f1"  # seqeval entity F1
     eval_metrics = {"f1": "f1", "precision": "precision", "recall": "recall", "accuracy": "token_accuracy"}
@@ -79,21 +91,22 @@ class TokenClassification(TransformerTask):
 
     def load_data(self, cfg: ExperimentConfig) -> DataBundle:
         splits, source = self._splits(cfg)
-        tokenizer = load_tokenizer(cfg.model, cfg.max_seq_length)
-        train, train_cut = encode_sentences(splits.train, tokenizer, cfg.max_seq_length)
-        val, val_cut = encode_sentences(splits.val, tokenizer, cfg.max_seq_length)
+        tokenizer = load_tokenizer(cfg.model, cfg.use_case_options.max_seq_length)
+        train, train_cut = encode_sentences(splits.train, tokenizer, cfg.use_case_options.max_seq_length)
+        val, val_cut = encode_sentences(splits.val, tokenizer, cfg.use_case_options.max_seq_length)
         cut = (train_cut + val_cut) / (len(train) + len(val))
         warnings = list(splits.notes)
         if cut > TRUNCATION_WARNING:
-            warnings.append(f"{cut:.0%} of the sentences are longer than --max-seq-length {cfg.max_seq_length} "
-                            "sub-word tokens and lost their last words; consider a larger value")
+            warnings.append(f"{cut:.0%} of the sentences are longer than --max-seq-length "
+                            f"{cfg.use_case_options.max_seq_length} sub-word tokens and lost their last words; "
+                            "consider a larger value")
         entities = Counter(splits.label_names[t][2:] for s in splits.train for t in s.tags
                            if splits.label_names[t].startswith("B-"))
         return DataBundle(
             train=train,
             val=val,
             label_names=splits.label_names,
-            fingerprint=fingerprint_records([splits.label_names, cfg.max_seq_length],
+            fingerprint=fingerprint_records([splits.label_names, cfg.use_case_options.max_seq_length],
                                             ([s.tokens, s.tags] for s in splits.train),
                                             ([s.tokens, s.tags] for s in splits.val)),
             source=source,
@@ -109,14 +122,14 @@ class TokenClassification(TransformerTask):
                 "data.truncated_fraction": round(cut, 4),
             },
             preprocessing={
-                "tokenizer": "tokenizer/", "max_seq_length": cfg.max_seq_length, "padding": "max_length",
+                "tokenizer": "tokenizer/", "max_seq_length": cfg.use_case_options.max_seq_length, "padding": "max_length",
                 "truncation": True, "is_split_into_words": True, "label_alignment": "first sub-token of each word",
             },
             warnings=warnings,
         )
 
     def _splits(self, cfg: ExperimentConfig) -> tuple[token_files.TokenSplits, str]:
-        columns = {"tokens_column": cfg.tokens_column, "tags_column": cfg.tags_column}
+        columns = {"tokens_column": cfg.use_case_options.tokens_column, "tags_column": cfg.use_case_options.tags_column}
         spec = cfg.data
         if is_embedded(spec):
             from sparsify_mlflow.data.embedded_entities import DEFAULT_ROWS, MAX_ROWS, MIN_ROWS, ner_dataset
@@ -178,14 +191,5 @@ class TokenClassification(TransformerTask):
         }
 
 
-register(TokenClassification(
-    "nlp-token_classification",
-    ("token_classification", "token-classification", "nlp_token_classification", "nlp-token-classification"),
-    task="token-classification",
-))
-register(TokenClassification(
-    "nlp-named_entity_recognition",
-    ("ner", "named_entity_recognition", "named-entity-recognition", "nlp_named_entity_recognition",
-     "nlp-named-entity-recognition", "nlp-ner"),
-    task="named-entity-recognition",
-))
+class NamedEntityRecognition(TokenClassification):
+    task = "named-entity-recognition"

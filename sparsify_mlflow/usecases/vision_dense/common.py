@@ -15,8 +15,9 @@ from sparsify_mlflow.data.fingerprint import fingerprint_files
 from sparsify_mlflow.data.yolo import YoloSample, YoloSplits, load_rgb, scan_yolo
 from sparsify_mlflow.errors import ConfigError
 from sparsify_mlflow.levels import PruningScope
-from sparsify_mlflow.usecases.base import DataBundle
-from sparsify_mlflow.usecases.dense_nets import STRIDE, build_dense_model
+from sparsify_mlflow.usecases.base import DataBundle, UseCase
+from sparsify_mlflow.usecases.vision import VisionOptions
+from sparsify_mlflow.usecases.vision_dense.nets import STRIDE, build_dense_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,9 +67,10 @@ class YoloImages(torch.utils.data.Dataset):
         return to_tensor(load_rgb(sample.image), self.size, flip), objects_of(sample, flip), flip
 
 
-class DenseUseCase:
+class DenseUseCase(UseCase):
     """Shared parts; subclasses set `kind`, `dataset_class` and the task specifics."""
 
+    options = VisionOptions
     kind = "detection"
     default_model = "resnet18"
     default_epochs = 30
@@ -86,7 +88,7 @@ class DenseUseCase:
                               "data.yaml; `python -m sparsify_mlflow.data.synthetic_yolo OUT` writes a small one")
         root = Path(cfg.data).expanduser()
         splits = scan_yolo(root, self.kind, cfg.seed)
-        size = cfg.image_size or DEFAULT_IMAGE_SIZE
+        size = cfg.use_case_options.image_size or DEFAULT_IMAGE_SIZE
         if size % (2 * STRIDE):
             raise ConfigError(f"--image-size must be a multiple of {2 * STRIDE} for {self.name}, got {size}")
         names = self.label_names(splits)

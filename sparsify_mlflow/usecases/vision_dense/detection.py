@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsify_mlflow.usecases import centernet, register
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
-from sparsify_mlflow.usecases.dense_common import FIGURE_IMAGES, DenseUseCase, YoloImages
-from sparsify_mlflow.usecases.dense_metrics import detection_metrics
-from sparsify_mlflow.usecases.dense_nets import DETECTION_OUTPUTS, STRIDE
+from sparsify_mlflow.usecases.vision_dense import centernet
+from sparsify_mlflow.usecases.vision_dense.common import FIGURE_IMAGES, DenseUseCase, YoloImages
+from sparsify_mlflow.usecases.vision_dense.metrics import detection_metrics
+from sparsify_mlflow.usecases.vision_dense.nets import DETECTION_OUTPUTS, STRIDE
 
 
 class DetectionImages(YoloImages):
@@ -36,8 +36,6 @@ class DetectionImages(YoloImages):
 
 
 class Detection(DenseUseCase):
-    name = "cv-detection"
-    aliases = ("object_detection", "object-detection", "detection", "yolo", "cv_detection")
     kind = "detection"
     main_metric = "map50"
     eval_metrics = {"map50": "map50", "map": "map50_95", "map50_95": "map50_95"}
@@ -81,7 +79,7 @@ class Detection(DenseUseCase):
                 "boxes": f"float32 [batch, 4, S/{STRIDE}, S/{STRIDE}]: per cell centre offset x, y (cells) and "
                          "log width, log height (cells)",
             },
-            "postprocessing": {"decoder": "sparsify_mlflow.usecases.centernet.decode", "stride": STRIDE,
+            "postprocessing": {"decoder": "sparsify_mlflow.usecases.vision_dense.centernet.decode", "stride": STRIDE,
                                "score_threshold": centernet.SCORE_THRESHOLD, "nms_iou": centernet.NMS_IOU,
                                "max_detections": centernet.MAX_DETECTIONS},
             "preprocessing": data.preprocessing,
@@ -89,7 +87,7 @@ class Detection(DenseUseCase):
 
     def prediction_figures(self, predictors: dict[str, Predictor], data: DataBundle) -> dict[str, Any]:
         """Validation images with ground truth and each model's boxes (score >= 0.3) drawn."""
-        from sparsify_mlflow.usecases.dense_figures import detection_figure
+        from sparsify_mlflow.usecases.vision_dense.figures import detection_figure
 
         val: DetectionImages = data.val
         idx = _with_objects(val)[:FIGURE_IMAGES]
@@ -103,5 +101,3 @@ def _with_objects(val: YoloImages) -> list[int]:
     """Validation images with objects first (a figure of empty backgrounds shows nothing)."""
     return sorted(range(len(val)), key=lambda i: (not val.samples[i].objects, i))
 
-
-register(Detection())

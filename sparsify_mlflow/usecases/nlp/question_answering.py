@@ -10,7 +10,7 @@ them with SQuAD exact match and F1; the exported ONNX model goes through the sam
 """
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,19 @@ from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import qa_files, text_hub
 from sparsify_mlflow.data.fingerprint import fingerprint_records
 from sparsify_mlflow.data.splits import split_by_seed
-from sparsify_mlflow.errors import DataError
-from sparsify_mlflow.usecases import register
+from sparsify_mlflow.errors import ConfigError, DataError
+from sparsify_mlflow.options import option, positive_int
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
-from sparsify_mlflow.usecases.qa_answers import N_BEST, NOT_CONTEXT, best_answers, squad_metrics
-from sparsify_mlflow.usecases.transformer_task import (
+from sparsify_mlflow.usecases.nlp.qa_answers import N_BEST, NOT_CONTEXT, best_answers, squad_metrics
+from sparsify_mlflow.usecases.nlp.transformer_task import (
     EncodedDataset,
+    TransformerOptions,
     TransformerTask,
     embedded_rows,
     int64_arrays,
     is_embedded,
 )
-from sparsify_mlflow.usecases.transformers_models import load_question_answerer, load_tokenizer
+from sparsify_mlflow.usecases.nlp.transformers_models import load_question_answerer, load_tokenizer
 
 PREDICTIONS_LOGGED = 100  # validation questions whose predicted answers are logged as a table
 
@@ -86,7 +87,16 @@ def _check_room(questions: list[qa_files.Question], tokenizer: Any, max_len: int
                             "raise --max-seq-length or lower --doc-stride")
 
 
+@dataclass(frozen=True)
+class QaOptions(TransformerOptions):
+    doc_stride: int | None = option(None, "Question answering: tokens shared by consecutive windows of a long "
+                                    "context (default: max-seq-length / 4).", check=positive_int)
+    max_answer_length: int = option(30, "Question answering: longest answer in tokens.", check=positive_int)
+
+
 class QuestionAnswering(TransformerTask):
+    task = "question-answering"
+    options = QaOptions
     default_epochs = 6
     main_metric = "f1"  # SQuAD token F1
     eval_metrics = {"f1": "f1", "exact_match": "exact_match"}
@@ -95,25 +105,31 @@ class QuestionAnswering(TransformerTask):
     head = "qa_outputs"
     output_names = ("start_logits", "end_logits")
 
+    def check_options(self, cfg: ExperimentConfig) -> None:
+        opts = cfg.use_case_options
+        if opts.doc_stride is not None and opts.doc_stride >= opts.max_seq_length:
+            raise ConfigError(f"--doc-stride {opts.doc_stride} must be smaller than --max-seq-length "
+                              f"{opts.max_seq_length}")
+
     # ---- data --------------------------------------------------------------------------------
 
     def load_data(self, cfg: ExperimentConfig) -> DataBundle:
         splits, source = self._splits(cfg)
-        stride = cfg.doc_stride or default_doc_stride(cfg.max_seq_length)
-        tokenizer = load_tokenizer(cfg.model, cfg.max_seq_length)
-        train = encode_questions(splits.train, tokenizer, cfg.max_seq_length, stride)
-        val = encode_questions(splits.val, tokenizer, cfg.max_seq_length, stride)
+        stride = cfg.use_case_options.doc_stride or default_doc_stride(cfg.use_case_options.max_seq_length)
+        tokenizer = load_tokenizer(cfg.model, cfg.use_case_options.max_seq_length)
+        train = encode_questions(splits.train, tokenizer, cfg.use_case_options.max_seq_length, stride)
+        val = encode_questions(splits.val, tokenizer, cfg.use_case_options.max_seq_length, stride)
         windowed = sum(int((np.bincount(part.feature_question) > 1).sum()) for part in (train, val))
         outside = float(np.mean(train.targets["start_positions"] == 0))
         warnings = list(splits.notes)
         if outside > 0.5:
             warnings.append(f"{outside:.0%} of the training windows do not contain their answer (contexts much "
-                            f"longer than --max-seq-length {cfg.max_seq_length}); consider a larger value")
+                            f"longer than --max-seq-length {cfg.use_case_options.max_seq_length}); consider a larger value")
         return DataBundle(
             train=train,
             val=val,
             label_names=[],
-            fingerprint=fingerprint_records([cfg.max_seq_length, stride],
+            fingerprint=fingerprint_records([cfg.use_case_options.max_seq_length, stride],
                                             ([q.id, q.question, q.context, q.answers, q.starts] for q in splits.train),
                                             ([q.id, q.question, q.context, q.answers, q.starts] for q in splits.val)),
             source=source,
@@ -127,12 +143,13 @@ class QuestionAnswering(TransformerTask):
                 "data.questions_with_several_windows": windowed,
                 "data.train_windows_without_answer": round(outside, 4),
                 "data.doc_stride": stride,
-                "data.max_answer_length": cfg.max_answer_length,
+                "data.max_answer_length": cfg.use_case_options.max_answer_length,
             },
             preprocessing={
-                "tokenizer": "tokenizer/", "max_seq_length": cfg.max_seq_length, "padding": "max_length",
+                "tokenizer": "tokenizer/", "max_seq_length": cfg.use_case_options.max_seq_length, "padding": "max_length",
                 "truncation": "only_second", "doc_stride": stride, "return_overflowing_tokens": True,
-                "return_offsets_mapping": True, "max_answer_length": cfg.max_answer_length, "n_best": N_BEST,
+                "return_offsets_mapping": True, "max_answer_length": cfg.use_case_options.max_answer_length,
+                "n_best": N_BEST,
             },
             warnings=warnings,
         )
@@ -178,8 +195,9 @@ class QuestionAnswering(TransformerTask):
                                val.offsets, val.feature_question, [q.context for q in val.questions],
                                n_best=settings["n_best"], max_answer_length=settings["max_answer_length"])
         metrics = squad_metrics(answers, [q.answers for q in val.questions], [q.id for q in val.questions])
-        metrics.tables["predictions"] = [{"id": q.id, "question": q.question, "prediction": a, "answers": " | ".join(q.answers)}
-                                         for q, a in zip(val.questions[:PREDICTIONS_LOGGED], answers)]
+        metrics.tables["predictions"] = [
+            {"id": q.id, "question": q.question, "prediction": a, "answers": " | ".join(q.answers)}
+            for q, a in zip(val.questions[:PREDICTIONS_LOGGED], answers)]
         return metrics
 
     # ---- deployment --------------------------------------------------------------------------
@@ -202,10 +220,3 @@ class QuestionAnswering(TransformerTask):
             "preprocessing": settings,
         }
 
-
-register(QuestionAnswering(
-    "nlp-question_answering",
-    ("question_answering", "question-answering", "qa", "nlp_question_answering", "nlp-question-answering",
-     "extractive_question_answering"),
-    task="question-answering",
-))

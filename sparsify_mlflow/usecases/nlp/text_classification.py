@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import text_files, text_hub
-from sparsify_mlflow.usecases import register
+from sparsify_mlflow.options import option
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
     DataBundle,
@@ -28,15 +29,16 @@ from sparsify_mlflow.usecases.base import (
     classification_metrics,
     collect_predictions,
 )
-from sparsify_mlflow.usecases.transformer_task import (
+from sparsify_mlflow.usecases.nlp.transformer_task import (
     TRUNCATION_WARNING,
     EncodedDataset,
+    TransformerOptions,
     TransformerTask,
     embedded_rows,
     int64_arrays,
     is_embedded,
 )
-from sparsify_mlflow.usecases.transformers_models import load_sequence_classifier, load_tokenizer
+from sparsify_mlflow.usecases.nlp.transformers_models import load_sequence_classifier, load_tokenizer
 
 PYFUNC_FILE = Path(__file__).with_name("text_pyfunc.py")
 
@@ -50,7 +52,17 @@ class TokenizedText(EncodedDataset):
         super().__init__(encoded, {"labels": self.labels}, tokenizer)
 
 
+@dataclass(frozen=True)
+class TextOptions(TransformerOptions):
+    text_column: str | None = option(None, "NLP text: column with the text (default: auto-detected, e.g. text "
+                                     "or sentence).")
+    text_pair_column: str | None = option(None, "NLP text: second text column, for sentence pairs.")
+    label_column: str | None = option(None, "NLP text: column with the label (default: label).")
+
+
 class TextClassification(TransformerTask):
+    task = "text-classification"
+    options = TextOptions
     default_epochs = 6
     default_batch_size = 32
     default_lr = 1e-4
@@ -61,14 +73,14 @@ class TextClassification(TransformerTask):
 
     def load_data(self, cfg: ExperimentConfig) -> DataBundle:
         splits, source = self._splits(cfg)
-        tokenizer = load_tokenizer(cfg.model, cfg.max_seq_length)
-        train, train_cut = self._tokenize(splits.train, tokenizer, cfg.max_seq_length)
-        val, val_cut = self._tokenize(splits.val, tokenizer, cfg.max_seq_length)
+        tokenizer = load_tokenizer(cfg.model, cfg.use_case_options.max_seq_length)
+        train, train_cut = self._tokenize(splits.train, tokenizer, cfg.use_case_options.max_seq_length)
+        val, val_cut = self._tokenize(splits.val, tokenizer, cfg.use_case_options.max_seq_length)
         cut = (train_cut + val_cut) / (len(train) + len(val))
         warnings = list(splits.notes)
         if cut > TRUNCATION_WARNING:
-            warnings.append(f"{cut:.0%} of the examples are longer than --max-seq-length {cfg.max_seq_length} "
-                            "tokens and were truncated; consider a larger value")
+            warnings.append(f"{cut:.0%} of the examples are longer than --max-seq-length "
+                            f"{cfg.use_case_options.max_seq_length} tokens and were truncated; consider a larger value")
         counts = np.bincount(train.labels, minlength=len(splits.label_names))
         missing_val = [n for i, n in enumerate(splits.label_names) if i not in set(val.labels.tolist())]
         if missing_val:
@@ -78,7 +90,7 @@ class TextClassification(TransformerTask):
             train=train,
             val=val,
             label_names=splits.label_names,
-            fingerprint=_fingerprint(splits, cfg.max_seq_length),
+            fingerprint=_fingerprint(splits, cfg.use_case_options.max_seq_length),
             source=source,
             info={
                 "data.layout": splits.layout,
@@ -93,15 +105,15 @@ class TextClassification(TransformerTask):
                 "data.truncated_fraction": round(cut, 4),
             },
             preprocessing={
-                "tokenizer": "tokenizer/", "max_seq_length": cfg.max_seq_length, "padding": "max_length",
+                "tokenizer": "tokenizer/", "max_seq_length": cfg.use_case_options.max_seq_length, "padding": "max_length",
                 "truncation": True, "text_column": splits.text_column, "text_pair_column": splits.pair_column,
             },
             warnings=warnings,
         )
 
     def _splits(self, cfg: ExperimentConfig) -> tuple[text_files.TextSplits, str]:
-        columns = {"text_column": cfg.text_column, "pair_column": cfg.text_pair_column,
-                   "label_column": cfg.label_column}
+        columns = {"text_column": cfg.use_case_options.text_column, "pair_column": cfg.use_case_options.text_pair_column,
+                   "label_column": cfg.use_case_options.label_column}
         spec = cfg.data
         if is_embedded(spec):
             from sparsify_mlflow.data.embedded_text import DEFAULT_ROWS, sentiment_dataset
@@ -217,13 +229,5 @@ def _serving_requirements() -> list[str]:
     return out
 
 
-register(TextClassification(
-    "nlp-text_classification",
-    ("text_classification", "text-classification", "nlp_text_classification", "nlp-text-classification"),
-    task="text-classification",
-))
-register(TextClassification(
-    "nlp-sentiment_analysis",
-    ("sentiment_analysis", "sentiment-analysis", "sentiment", "nlp_sentiment_analysis", "nlp-sentiment-analysis"),
-    task="sentiment-analysis",
-))
+class SentimentAnalysis(TextClassification):
+    task = "sentiment-analysis"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,8 +21,9 @@ from torch import nn
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.errors import DataError
 from sparsify_mlflow.levels import PruningScope
-from sparsify_mlflow.usecases.base import DataBundle
-from sparsify_mlflow.usecases.transformers_models import encoder_scope, forward_input_names
+from sparsify_mlflow.options import option, positive_int
+from sparsify_mlflow.usecases.base import DataBundle, UseCase
+from sparsify_mlflow.usecases.nlp.transformers_models import encoder_scope, forward_input_names
 
 TOKENIZER_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # BERT's forward order
 TRUNCATION_WARNING = 0.05  # warn when more than this share of examples is cut at max_seq_length
@@ -51,21 +53,26 @@ def int64_arrays(encoded: Any) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(encoded[k], dtype=np.int64) for k in TOKENIZER_ORDER if k in encoded}
 
 
-class TransformerTask:
-    """Defaults and methods shared by the NLP use cases; subclasses set `head` and `output_names`."""
+@dataclass(frozen=True)
+class TransformerOptions:
+    """What every NLP use case takes beside the common options."""
 
-    aliases: tuple[str, ...]
+    max_seq_length: int = option(128, "NLP: tokens per example; the exported ONNX has this fixed length.",
+                                 check=positive_int)
+
+
+class TransformerTask(UseCase):
+    """Defaults and methods shared by the NLP use cases; subclasses set `task`, `head` and `output_names`."""
+
+    task: ClassVar[str]          # the pipeline task name written into the deployment config
+    options = TransformerOptions
     default_model = "minilm"
     default_pretrained = True    # a transformer is always fine-tuned from its weights unless told otherwise
     default_distill = True       # the dense baseline teaches the sparse model
+    distills = True
     head = "classifier"          # the task head: kept dense and FP32
     output_names: tuple[str, ...] = ("logits",)
     trim_targets: tuple[str, ...] = ()  # per-token targets cut with the inputs when a batch is trimmed
-
-    def __init__(self, name: str, aliases: tuple[str, ...], task: str):
-        self.name = name
-        self.aliases = aliases
-        self.task = task
 
     # ---- model -------------------------------------------------------------------------------
 
@@ -80,7 +87,11 @@ class TransformerTask:
         from transformers import AutoConfig
 
         from sparsify_mlflow.errors import ModelError
-        from sparsify_mlflow.usecases.transformers_models import _from_pretrained, load_tokenizer, resolve_model_source
+        from sparsify_mlflow.usecases.nlp.transformers_models import (
+            _from_pretrained,
+            load_tokenizer,
+            resolve_model_source,
+        )
 
         source, how = resolve_model_source(name)
         config = _from_pretrained(AutoConfig.from_pretrained, name, source, how, "teacher's config")
@@ -109,8 +120,9 @@ class TransformerTask:
     def check_model(self, cfg: ExperimentConfig, data: DataBundle, model: nn.Module, facts: dict[str, Any]) -> None:
         """Reject a sequence length the model cannot embed; log the model facts and input names."""
         limit = getattr(model.config, "max_position_embeddings", None)
-        if limit and cfg.max_seq_length > limit:
-            raise DataError(f"--max-seq-length {cfg.max_seq_length} exceeds {cfg.model}'s {limit} positions")
+        if limit and cfg.use_case_options.max_seq_length > limit:
+            raise DataError(f"--max-seq-length {cfg.use_case_options.max_seq_length} exceeds {cfg.model}'s "
+                            f"{limit} positions")
         data.info.update({f"model.{k}": v for k, v in facts.items()})
         names = forward_input_names(model, list(data.train.arrays))
         data.preprocessing["input_names"] = names  # remembered with the preprocessing (and exported)

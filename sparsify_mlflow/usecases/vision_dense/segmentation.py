@@ -17,11 +17,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparsify_mlflow.data.yolo import YoloSplits
-from sparsify_mlflow.usecases import register
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
-from sparsify_mlflow.usecases.dense_common import FIGURE_IMAGES, DenseUseCase, YoloImages
-from sparsify_mlflow.usecases.dense_metrics import SegmentationScores
-from sparsify_mlflow.usecases.dense_nets import SEGMENTATION_OUTPUTS, STRIDE
+from sparsify_mlflow.usecases.vision_dense.common import FIGURE_IMAGES, DenseUseCase, YoloImages
+from sparsify_mlflow.usecases.vision_dense.metrics import SegmentationScores
+from sparsify_mlflow.usecases.vision_dense.nets import SEGMENTATION_OUTPUTS, STRIDE
 
 BACKGROUND = "background"
 
@@ -50,8 +49,6 @@ class SegmentationImages(YoloImages):
 
 
 class Segmentation(DenseUseCase):
-    name = "cv-segmentation"
-    aliases = ("image_segmentation", "image-segmentation", "segmentation", "cv_segmentation")
     kind = "segmentation"
     main_metric = "miou"
     eval_metrics = {"miou": "miou", "pixel_accuracy": "pixel_accuracy"}
@@ -88,14 +85,14 @@ class Segmentation(DenseUseCase):
             "inputs": {"input": "float32 [batch, 3, S, S], RGB, resized and normalised as below"},
             "outputs": {"logits": f"float32 [batch, num_labels, S/{STRIDE}, S/{STRIDE}]: class logits per cell; "
                                   "label 0 is the background"},
-            "postprocessing": {"function": "sparsify_mlflow.usecases.segmentation.upsample_argmax",
+            "postprocessing": {"function": "sparsify_mlflow.usecases.vision_dense.segmentation.upsample_argmax",
                                "upsample": "bilinear to S x S (align_corners=False), then argmax over labels"},
             "preprocessing": data.preprocessing,
         }
 
     def prediction_figures(self, predictors: dict[str, Predictor], data: DataBundle) -> dict[str, Any]:
         """Validation images with the true mask and each model's predicted mask."""
-        from sparsify_mlflow.usecases.dense_figures import segmentation_figure
+        from sparsify_mlflow.usecases.vision_dense.figures import segmentation_figure
 
         val: YoloImages = data.val
         idx = sorted(range(len(val)), key=lambda i: (not val.samples[i].objects, i))[:FIGURE_IMAGES]
@@ -105,5 +102,3 @@ class Segmentation(DenseUseCase):
         columns |= {role: upsample_argmax(p([images])[0], val.size) for role, p in predictors.items()}
         return {"figures/predictions.png": segmentation_figure(images, columns, data.label_names)}
 
-
-register(Segmentation())

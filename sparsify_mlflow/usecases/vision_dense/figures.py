@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparsify_mlflow.usecases.dense_common import IMAGENET_MEAN, IMAGENET_STD
+from sparsify_mlflow.usecases.vision_dense.common import IMAGENET_MEAN, IMAGENET_STD
 
 SHOW_SCORE = 0.3
 
@@ -36,7 +36,7 @@ def detection_figure(images: np.ndarray, columns: dict[str, list[dict[str, torch
     colours = plt.get_cmap("tab10")
     fig, axes = _grid(len(images), list(columns))
     for i, image in enumerate(images):
-        for j, (title, per_image) in enumerate(columns.items()):
+        for j, per_image in enumerate(columns.values()):
             ax = axes[i][j]
             ax.imshow(_rgb(image))
             found = per_image[i]
