@@ -23,47 +23,13 @@ def _pin_xdist_worker() -> None:
 _pin_xdist_worker()
 
 
-def use_every_cpu() -> None:
-    """``preexec_fn`` for a child process that runs parallel work of its own (several processes,
-    sections side by side), which one pinned core would serialise."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-
-import numpy as np  # noqa: E402 - after the pinning, which must precede their thread pools
 import pytest  # noqa: E402
+
+from helpers.data import make_image_folder  # noqa: E402 - numpy after the pinning, which must precede its threads
 
 os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_image(path: Path, label: int, rng: np.random.Generator, size: int = 24) -> None:
-    """A learnable picture: class k draws a bright square in the k-th quadrant on noise."""
-    from PIL import Image
-
-    pixels = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
-    half = size // 2
-    row, col = divmod(label % 4, 2)
-    pixels[row * half:(row + 1) * half, col * half:(col + 1) * half] = 230
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-
-
-def make_image_folder(root: Path, classes: int = 2, per_class: int = 12, split: bool = True,
-                      seed: int = 0) -> Path:
-    """A tiny ImageFolder: root/train/<class>/*.png + root/val/<class>/*.png (or one flat level)."""
-    rng = np.random.default_rng(seed)
-    names = [f"class_{chr(ord('a') + k)}" for k in range(classes)]
-    for k, name in enumerate(names):
-        for i in range(per_class):
-            if split:
-                sub = "val" if i % 4 == 0 else "train"
-                write_image(root / sub / name / f"{i:03d}.png", k, rng)
-            else:
-                write_image(root / name / f"{i:03d}.png", k, rng)
-    return root
 
 
 @pytest.fixture
@@ -85,7 +51,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from sparsify_mlflow.usecases.transformers_models import packaged_minilm
+    from sparsify_mlflow.usecases.nlp.transformers_models import packaged_minilm
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(str(packaged_minilm()))
@@ -102,7 +68,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def postgres():
     """A private PostgreSQL cluster on loopback (Debian's package, apt-installed when absent)."""
-    from servers import Postgres, scratch_folder
+    from helpers.servers import Postgres, scratch_folder
 
     cluster = Postgres(scratch_folder("sparsify-it-pg-"))
     try:
@@ -122,7 +88,7 @@ def tracking_server(backend_store_uri):
     """`mlflow server` on PostgreSQL with proxied artifacts (--serve-artifacts)."""
     import shutil
 
-    from servers import MlflowServer, scratch_folder
+    from helpers.servers import MlflowServer, scratch_folder
 
     server = MlflowServer(backend_store_uri, scratch_folder("sparsify-it-mlflow-"))
     try:
@@ -132,7 +98,6 @@ def tracking_server(backend_store_uri):
         shutil.rmtree(server.root, ignore_errors=True)
 
 
-AUTH_ADMIN_PASSWORD = "Adm1n-S3cret-7f3c9e"  # distinctive, so a test can grep for leaks
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +105,7 @@ def auth_server(postgres, backend_store_uri):
     """The same store behind MLflow's basic-auth app; users live in PostgreSQL too."""
     import shutil
 
-    from servers import MlflowServer, auth_config, scratch_folder
+    from helpers.servers import AUTH_ADMIN_PASSWORD, MlflowServer, auth_config, scratch_folder
 
     root = scratch_folder("sparsify-it-auth-")
     config = auth_config(root / "config", postgres.create_database("mlflow_users"), AUTH_ADMIN_PASSWORD)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_checks import family
+from helpers.mlflow_checks import family
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.engines import deepsparse_status
 from sparsify_mlflow.speed_session import OTHER_CORES_LIMIT
@@ -57,8 +57,7 @@ def test_busy_machine_marks_the_speedups_unreliable_and_promotion_refuses(image_
     err = capsys.readouterr().err
     assert "comes from an unreliable benchmark" in err and "--accept-unreliable-speedup" in err
     client = MlflowClient(tracking_uri=store, registry_uri=store)
-    with pytest.raises(Exception):
-        client.get_model_version_by_alias("busy", "champion")
+    assert "champion" not in client.get_model_version_by_alias("busy", "candidate").aliases, "nothing was promoted"
     assert promote(store, "busy", "--accept-unreliable-speedup") == 0
     assert "unreliable benchmark, accepted" in client.get_model_version_by_alias("busy", "champion").tags[
         "promotion_checks"]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import use_every_cpu
+from helpers import REPO, use_every_cpu
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def _figure(fig: dict, where: str) -> None:

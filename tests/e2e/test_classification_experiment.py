@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
-from mlflow_checks import assert_comparison_follows_its_definitions, family, registered_versions, run_project
+from helpers import REPO
+from helpers.mlflow_checks import assert_comparison_follows_its_definitions, family, registered_versions, run_project
 from sparsify_mlflow.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -83,7 +83,8 @@ def test_cli_end_to_end_then_a_second_level_reuses_the_baseline(image_folder: Pa
     second = json.loads(second_path.read_text())
     parent, children = family(store, second["parent_run_id"])
     assert children["dense"].data.tags["sparsify.reused_from_run"] == summary["dense_run_id"]
-    assert children["dense"].data.params["baseline_key"] == family(store, summary["parent_run_id"])[1]["dense"].data.params["baseline_key"]
+    first_dense = family(store, summary["parent_run_id"])[1]["dense"]
+    assert children["dense"].data.params["baseline_key"] == first_dense.data.params["baseline_key"]
     assert_complete_experiment(store, second, 0.3, 0.6)
     assert second["registered_model"]["version"] == "2"
     assert str(client.get_model_version_by_alias("tiny", "candidate").version) == "2"
@@ -113,7 +114,8 @@ def test_mlflow_run_with_bad_input_is_marked_failed(store: str, tmp_path: Path) 
                         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode != 0
-    assert "error: data folder" in proc.stderr and "Traceback (most recent call last)" not in proc.stderr.split("error: data folder")[0][-2000:]
+    before_error = proc.stderr.split("error: data folder")[0][-2000:]
+    assert "error: data folder" in proc.stderr and "Traceback (most recent call last)" not in before_error
     runs = MlflowClient(tracking_uri=store).search_runs(["0"])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert "does not exist" in runs[0].data.tags["sparsify.failure_reason"]

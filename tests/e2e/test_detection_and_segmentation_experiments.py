@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
-from mlflow_checks import family, registered_versions, run_project
+from helpers import REPO
+from helpers.mlflow_checks import family, registered_versions, run_project
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.data.synthetic_yolo import make_yolo_dataset
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_image_folder, use_every_cpu
-from mlflow_checks import assert_failed_cleanly, family, registered_versions, runs_of
+from helpers import use_every_cpu
+from helpers.data import make_image_folder
+from helpers.mlflow_checks import assert_failed_cleanly, family, registered_versions, runs_of
 
 pytestmark = pytest.mark.e2e
 

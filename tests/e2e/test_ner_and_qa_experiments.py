@@ -11,33 +11,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
-from mlflow_checks import assert_failed_cleanly, family, registered_versions, run_project
+from helpers import REPO
+from helpers.data import write_conll, write_flat_qa
+from helpers.mlflow_checks import assert_failed_cleanly, family, registered_versions, run_project
 from sparsify_mlflow.cli import main
-from sparsify_mlflow.data.embedded_entities import generate_ner, generate_qa
+from sparsify_mlflow.data.embedded_entities import generate_ner
 
 TINY = ["--epochs", "2", "--batch-size", "16", "--benchmark-batch-size", "4", "--benchmark-iterations", "3"]
-
-
-def write_conll(folder: Path, sentences: int = 100) -> Path:
-    """train.conll + validation.conll (80/20) of generated PER/LOC/ORG sentences."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = generate_ner(sentences)
-    cut = sentences * 4 // 5
-    for name, part in (("train.conll", rows[:cut]), ("validation.conll", rows[cut:])):
-        blocks = ["\n".join(f"{t} {g}" for t, g in zip(r["tokens"], r["ner_tags"])) for r in part]
-        (folder / name).write_text("-DOCSTART- O\n\n" + "\n\n".join(blocks) + "\n", encoding="utf-8")
-    return folder
-
-
-def write_flat_qa(path: Path, questions: int = 100) -> Path:
-    """Flat JSONL records (id, question, context, answers) from generated SQuAD articles."""
-    rows = [{"id": qa["id"], "question": qa["question"], "context": p["context"],
-             "answers": {"text": [a["text"] for a in qa["answers"]],
-                         "answer_start": [a["answer_start"] for a in qa["answers"]]}}
-            for article in generate_qa(questions) for p in article["paragraphs"] for qa in p["qas"]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:
@@ -178,8 +158,8 @@ def test_ner_end_to_end_through_the_cli_on_conll(store: str, tmp_path: Path, tin
 def test_qa_end_to_end_through_mlflow_run_with_doc_stride(store: str, tmp_path: Path, tiny_bert: Path) -> None:
     data = write_flat_qa(tmp_path / "qa.jsonl", 60)
     summary_path = tmp_path / "summary.json"
-    params = {"use_case": "qa", "data": str(data), "model": str(tiny_bert), "epochs": "2", "batch_size": "16", "max_seq_length": "64",
-              "doc_stride": "16", "max_answer_length": "8", "benchmark_batch_size": "4",
+    params = {"use_case": "qa", "data": str(data), "model": str(tiny_bert), "epochs": "2", "batch_size": "16",
+              "max_seq_length": "64", "doc_stride": "16", "max_answer_length": "8", "benchmark_batch_size": "4",
               "benchmark_iterations": "3", "registered_model_name": "tiny-qa", "working_dir": str(tmp_path),
               "summary_json": str(summary_path)}
     proc = run_project(REPO, params, store, tmp_path, "qa-mlflow-run")

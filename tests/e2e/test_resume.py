@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import make_image_folder
-from mlflow_checks import family, registered_versions, runs_of
+from helpers.data import make_image_folder
+from helpers.mlflow_checks import family, registered_versions, runs_of
 
 pytestmark = pytest.mark.e2e
 

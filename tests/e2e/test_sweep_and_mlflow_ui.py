@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, make_image_folder
+from helpers import REPO
+from helpers.data import make_image_folder
 from sparsify_mlflow import experiment
 from sparsify_mlflow.cli import main
 

@@ -22,7 +22,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import use_every_cpu
+from helpers import use_every_cpu
+
+AUTH_ADMIN_PASSWORD = "Adm1n-S3cret-7f3c9e"  # distinctive, so a test can grep for leaks
 
 PG_USER = "postgres"
 PG_PASSWORD = "pg-test-secret"  # loopback only, a throw-away cluster

@@ -6,8 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import use_every_cpu
-from test_remote_tracking import TINY_REMOTE
+from helpers import use_every_cpu
 
 
 def start_experiment(uri: str, data: Path, work: Path, *args: str, env: dict[str, str] | None = None,
@@ -20,3 +19,7 @@ def start_experiment(uri: str, data: Path, work: Path, *args: str, env: dict[str
     environment = os.environ | {"MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"} | (env or {})
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=environment, cwd=work.parent, preexec_fn=use_every_cpu)
+
+
+TINY_REMOTE = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--image-size", "32",
+               "--benchmark-batch-size", "2", "--benchmark-iterations", "2", "--deploy-engine", "onnxruntime"]

@@ -14,16 +14,14 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import AUTH_ADMIN_PASSWORD
-from mlflow_checks import family
-from servers import free_port
+from helpers.mlflow_checks import family
+from helpers.servers import AUTH_ADMIN_PASSWORD, free_port
+from helpers.tracking_procs import TINY_REMOTE
 from sparsify_mlflow.cli import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tracking-servers")]
 
 # A tiny run; ONNX Runtime validates and benchmarks (DeepSparse adds nothing to tracking tests).
-TINY_REMOTE = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--image-size", "32",
-               "--benchmark-batch-size", "2", "--benchmark-iterations", "2", "--deploy-engine", "onnxruntime"]
 # MLflow's retries would make a dead server cost this test 20+ minutes; the probe must not use them.
 PATIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "10"}
 

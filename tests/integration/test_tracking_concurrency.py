@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tracking_procs import start_experiment
+from helpers.tracking_procs import start_experiment
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tracking-servers")]
 

@@ -9,12 +9,12 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_checks import family
-from servers import free_port
+from helpers.mlflow_checks import family
+from helpers.servers import free_port
+from helpers.tracking_procs import start_experiment
 from sparsify_mlflow import tracking
 from sparsify_mlflow.errors import TrackingError
 from sparsify_mlflow.remote import MetricBuffer
-from tracking_procs import start_experiment
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("tracking-servers")]
 EPOCHS = 4

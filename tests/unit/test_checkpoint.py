@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_image_folder
+from helpers.data import make_image_folder
 from sparsify_mlflow import usecases
 from sparsify_mlflow.checkpoint import Checkpoint, CheckpointError, save_atomically
-from sparsify_mlflow.config import build_config
 from sparsify_mlflow.levels import plan_recipe, recipe_yaml
-from sparsify_mlflow.training import scope_sparsity, train
+from sparsify_mlflow.training import Stage, scope_sparsity, train
+from sparsify_mlflow.validation import build_config
 
 EPOCHS = 4  # recipe at level 0.5: pruning 0 -> 1.33, QAT from 2.67, BN frozen at 3.33
 BATCH = 6   # 24 training images: 4 steps per epoch, so QAT starts inside epoch 3 (at 2.75), not on its edge
@@ -47,9 +47,9 @@ def run(setting, tmp_path: Path, stop_after: int | None = None, resume: Checkpoi
         if stop_after is not None and Checkpoint.from_file(path).epoch == stop_after:
             raise Stop
 
-    result = train(model, case, data, recipe, scope, batch_size=BATCH, lr=0.05, seed=0, device=torch.device("cpu"),
-                   desc="t", log_dir=tmp_path / "logs", checkpoint_path=tmp_path / "checkpoint.pt",
-                   resume_from=resume, on_checkpoint=maybe_stop)
+    stage = Stage(recipe, BATCH, 0.05, 0, "t", tmp_path / "logs", checkpoint_path=tmp_path / "checkpoint.pt",
+                  resume_from=resume, on_checkpoint=maybe_stop)
+    result = train(model, case, data, scope, stage, torch.device("cpu"))
     return model, result
 
 

@@ -9,19 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, write_image
-from mlflow_checks import assert_failed_cleanly, runs_of
-from sparsify_mlflow.cli import main
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
-    """Exit code and the error line; the error must be the only `error:` line and the last one."""
-    code = main(list(args))
-    lines = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) <= 1 and (not errors or lines[-1] == errors[0]), lines
-    assert not any("Traceback" in line for line in lines), lines
-    return code, (errors[0] + "\n") if errors else ""
+from helpers import REPO
+from helpers.cli import run_cli
+from helpers.data import make_image_folder, write_image
+from helpers.mlflow_checks import assert_failed_cleanly, runs_of
 
 
 def common(store: str, tmp_path: Path) -> list[str]:
@@ -141,7 +132,7 @@ def test_online_example_fails_clearly_without_internet(store, tmp_path, script, 
                         "SPARSIFY_MLFLOW_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"),
                         "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     env.pop("HF_HUB_OFFLINE", None)  # a user without internet has not set it either
-    example = Path(__file__).resolve().parents[1] / "examples" / script
+    example = REPO / "examples" / script
     proc = subprocess.run(["bash", str(example), *common(store, tmp_path)], capture_output=True, text=True, env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(first_words), proc.stderr[-2000:]

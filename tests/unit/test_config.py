@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from sparsify_mlflow import usecases
-from sparsify_mlflow.config import build_config
 from sparsify_mlflow.errors import ConfigError
+from sparsify_mlflow.validation import build_config
 
 
 @pytest.mark.parametrize("alias", [

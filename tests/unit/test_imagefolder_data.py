@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, write_image
+from helpers.data import make_image_folder, write_image
 from sparsify_mlflow.data.imagefolder import scan_image_folder
 from sparsify_mlflow.errors import DataError
 

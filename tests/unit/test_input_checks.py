@@ -13,11 +13,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import make_image_folder
-from mlflow_checks import assert_failed_cleanly, registered_versions, runs_of
+from helpers.data import make_image_folder
+from helpers.mlflow_checks import assert_failed_cleanly, registered_versions, runs_of
 from sparsify_mlflow.cli import main
-from sparsify_mlflow.config import build_config
 from sparsify_mlflow.data.embedded_text import generate
+from sparsify_mlflow.validation import build_config
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

@@ -236,11 +236,11 @@ def test_recipe_drives_sparseml(tmp_path, monkeypatch):
     monkeypatch.setenv("NM_DISABLE_ANALYTICS", "1")
     monkeypatch.chdir(tmp_path)  # sparseml writes ./sparse_logs
     torch = pytest.importorskip("torch")
-    from torch import nn
     from sparseml.pytorch.optim import ScheduledModifierManager
     from sparseml.pytorch.sparsification.quantization.modifier_quantization import (
         QuantizationModifier,
     )
+    from torch import nn
 
     class Net(nn.Module):
         def __init__(self):

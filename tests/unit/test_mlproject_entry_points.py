@@ -5,25 +5,15 @@ render it the way MLflow does (its own project loader) and let click parse it, w
 """
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import pytest
 from mlflow.projects import _project_spec
 
-from conftest import REPO
-from sparsify_mlflow.cli import cli
+from helpers import REPO
+from helpers.cli import parse
 
 REQUIRED = {"promote": {"registered_model_name": "m"}, "benchmark": {"model_uri": "models:/m@champion"}}
-
-
-def parse(entry_point: str, params: dict[str, str], tmp_path: Path):
-    project = _project_spec.load_project(str(REPO))
-    command = project.get_entry_point(entry_point).compute_command(params, str(tmp_path))
-    words = shlex.split(command)
-    assert words[:3] == ["python", "-m", "sparsify_mlflow"], command
-    name, args = words[3], words[4:]
-    return cli.commands[name].make_context(name, args)
 
 
 @pytest.mark.parametrize("entry_point", ["sweep", "promote", "benchmark"])
@@ -37,7 +27,7 @@ def test_sweep_takes_every_main_parameter_but_the_single_level() -> None:
     main = set(project.get_entry_point("main").parameters)
     sweep = set(project.get_entry_point("sweep").parameters)
     # nproc_per_node: sweeps do not train with several processes yet (README "Long runs")
-    assert main - {"optim_level", "recipe", "nproc_per_node"} <= sweep, "add the new main parameters to the sweep entry point"
+    assert main - {"optim_level", "recipe", "nproc_per_node"} <= sweep, "the sweep entry point lacks main parameters"
     assert {"optim_levels", "max_metric_drop", "min_speedup"} <= sweep
 
 

@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.data import expect_error, jsonl
 from sparsify_mlflow import usecases
-from sparsify_mlflow.config import build_config
 from sparsify_mlflow.data import embedded_entities
 from sparsify_mlflow.data.qa_files import NESTED, Question, load_qa_splits
 from sparsify_mlflow.data.token_files import Sentence, load_token_splits, tag_order
 from sparsify_mlflow.errors import ConfigError, DataError
-from sparsify_mlflow.usecases.qa_answers import NOT_CONTEXT, best_answers, squad_metrics
-from sparsify_mlflow.usecases.question_answering import encode_questions
-from sparsify_mlflow.usecases.token_classification import IGNORE, encode_sentences
-from sparsify_mlflow.usecases.token_metrics import entity_metrics
-from sparsify_mlflow.usecases.transformers_models import load_tokenizer
-from test_text_data import expect_error, jsonl
+from sparsify_mlflow.usecases.nlp.qa_answers import NOT_CONTEXT, best_answers, squad_metrics
+from sparsify_mlflow.usecases.nlp.question_answering import encode_questions
+from sparsify_mlflow.usecases.nlp.token_classification import IGNORE, encode_sentences
+from sparsify_mlflow.usecases.nlp.token_metrics import entity_metrics
+from sparsify_mlflow.usecases.nlp.transformers_models import load_tokenizer
+from sparsify_mlflow.validation import build_config
 
 SENTENCES = [
     {"tokens": ["Maria", "Garcia", "works", "for", "Globex", "in", "Lima", "."],
@@ -57,7 +57,7 @@ def test_use_cases_and_aliases_resolve() -> None:
         assert usecases.resolve(alias).name == "nlp-named_entity_recognition"
     for alias in ("qa", "question_answering", "question-answering"):
         assert usecases.resolve(alias).name == "nlp-question_answering"
-    assert type(usecases.resolve("ner")) is type(usecases.resolve("token_classification"))
+    assert isinstance(usecases.resolve("ner"), type(usecases.resolve("token_classification")))
     assert usecases.resolve("qa").head == "qa_outputs" and usecases.resolve("ner").head == "classifier"
 
 
@@ -67,7 +67,7 @@ def test_qa_options_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--max-answer-length must be a positive integer"):
         build_config("qa", max_answer_length=0, working_dir=tmp_path)
     cfg = build_config("qa", doc_stride=16, max_seq_length=64, working_dir=tmp_path)
-    assert (cfg.doc_stride, cfg.max_answer_length) == (16, 30)
+    assert (cfg.use_case_options.doc_stride, cfg.use_case_options.max_answer_length) == (16, 30)
 
 
 # ---- token classification data -----------------------------------------------------------------

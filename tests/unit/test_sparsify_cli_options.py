@@ -16,18 +16,18 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import make_image_folder
-from mlflow_checks import family, runs_of
+from helpers.cli import parse, run_cli
+from helpers.data import make_image_folder
+from helpers.mlflow_checks import family, runs_of
 from sparsify_mlflow.cli import main
-from sparsify_mlflow.config import TrainKwargs, build_config
+from sparsify_mlflow.config import TrainKwargs
 from sparsify_mlflow.engines import deepsparse_status, parse_unsupported_ops, unsupported_op_types
 from sparsify_mlflow.errors import ConfigError
 from sparsify_mlflow.experiment import _check_engine
-from sparsify_mlflow.speed_session import plan_session
 from sparsify_mlflow.levels import PruningScope, RecipeArgs, plan_recipe, recipe_yaml
+from sparsify_mlflow.speed_session import plan_session
 from sparsify_mlflow.training import SIMULATED_MEMORY_ENV, OutOfMemory, apply_train_kwargs, is_out_of_memory
-from test_cli_errors import run_cli
-from test_mlproject_workflow import parse
+from sparsify_mlflow.validation import build_config
 
 SCOPE = PruningScope(prune=("a.weight",), keep_dense={})
 
@@ -161,7 +161,7 @@ def test_out_of_memory_errors_are_recognised() -> None:
 def test_oom_step_down_fails_clearly_after_three_retries(monkeypatch, tmp_path: Path) -> None:
     """An allocation failure at every batch size above 1: 16 -> 8 -> 4 -> 2, then a clear error."""
     from sparsify_mlflow import usecases
-    from sparsify_mlflow.training import train_stepping_down
+    from sparsify_mlflow.training import Stage, train_stepping_down
 
     monkeypatch.setenv(SIMULATED_MEMORY_ENV, "1")
     cfg = build_config("cv-classification", data=make_image_folder(tmp_path / "d", per_class=8), image_size=16,
@@ -171,9 +171,10 @@ def test_oom_step_down_fails_clearly_after_three_retries(monkeypatch, tmp_path: 
     model = case.build_model(cfg, data)
     retries = []
     with pytest.raises(OutOfMemory, match=r"at batch size 2 after 3 step-down\(s\) \(16 -> 8 -> 4 -> 2\)"):
-        train_stepping_down(model, case, data, recipe_yaml(plan_recipe(0.0, 1, case.pruning_scope(model), 0.1)),
-                            case.pruning_scope(model), batch_size=16, lr=0.1, seed=0, device=torch.device("cpu"),
-                            desc="dense", log_dir=tmp_path / "logs", on_retry=retries.append)
+        recipe = recipe_yaml(plan_recipe(0.0, 1, case.pruning_scope(model), 0.1))
+        train_stepping_down(model, case, data, case.pruning_scope(model),
+                            Stage(recipe, 16, 0.1, 0, "dense", tmp_path / "logs"), torch.device("cpu"),
+                            on_retry=retries.append)
     assert [(r.failed_batch_size, r.next_batch_size) for r in retries] == [(16, 8), (8, 4), (4, 2)]
     assert "can't allocate memory" in retries[0].error
 

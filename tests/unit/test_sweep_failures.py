@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_checks import registered_versions, runs_of
+from helpers.mlflow_checks import registered_versions, runs_of
 from sparsify_mlflow import experiment, tracking
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.export import ExportedModel
+from sparsify_mlflow.results import ModelReport
 from sparsify_mlflow.usecases.base import Metrics
 
 
@@ -18,7 +19,7 @@ def stub_dense_baseline(session: experiment.Session, folder: Path) -> experiment
     with tracking.run("dense-baseline", nested=True, tags={"sparsify.role": "dense"}) as child:
         metrics = Metrics("accuracy", {"accuracy": 0.9})
         exported = ExportedModel(folder / "model.onnx", ("input",), ("logits",), 1000, 900, 0.0, {})
-        report = experiment.ModelReport("dense", child.info.run_id, metrics, metrics, "onnxruntime", exported,
+        report = ModelReport("dense", child.info.run_id, metrics, metrics, "onnxruntime", exported,
                                         {}, [], {}, 0.0, 1.0)
     return experiment._Trained(report, session.model)
 

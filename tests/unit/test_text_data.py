@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sparsify_mlflow.data import text_files, text_hub
+from helpers.data import csv_file, expect_error, jsonl
+from sparsify_mlflow.data import text_hub
 from sparsify_mlflow.data.embedded_text import generate, sentiment_dataset
 from sparsify_mlflow.data.text_files import load_text_splits, read_rows
-from sparsify_mlflow.errors import DataError
 
 ROWS = [
     {"text": "a wonderful film", "label": "positive"},
@@ -24,25 +24,6 @@ ROWS = [
     {"text": "heartfelt", "label": "positive"},
     {"text": "bland", "label": "negative"},
 ]
-
-
-def jsonl(path: Path, rows: list[dict], extra: str = "") -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + extra, encoding="utf-8")
-    return path
-
-
-def csv_file(path: Path, header: str, lines: list[str]) -> Path:
-    path.write_text(header + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def expect_error(match: str, fn, *args, **kwargs) -> str:
-    with pytest.raises(DataError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    assert match in message, message
-    assert "\n" not in message
-    return message
 
 
 # ---- readers -----------------------------------------------------------------------------------
@@ -221,7 +202,7 @@ def test_validation_label_unseen_in_training(tmp_path: Path) -> None:
 
 def test_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
-    path.write_bytes("text,label\ngood,1\n".encode() + "caf\u00e9 cr\u00e8me,0\n".encode("latin-1"))
+    path.write_bytes(b"text,label\ngood,1\n" + "caf\u00e9 cr\u00e8me,0\n".encode("latin-1"))
     expect_error(f"{path}:3: not UTF-8 (byte 0xe9 at column 4)", read_rows, path)
 
 
@@ -286,7 +267,7 @@ def test_embedded_sentiment_is_deterministic_balanced_and_cached(monkeypatch: py
 
 
 def test_embedded_row_count_is_checked() -> None:
-    from sparsify_mlflow.usecases.text_classification import _embedded_rows
+    from sparsify_mlflow.usecases.nlp.text_classification import _embedded_rows
 
     assert _embedded_rows("embedded:3000") == 3000
     for bad in ("embedded:lots", "embedded:5", "embedded:10000000"):

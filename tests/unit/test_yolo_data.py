@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_checks import assert_failed_cleanly
+from helpers.mlflow_checks import assert_failed_cleanly
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.data.synthetic_yolo import make_yolo_dataset
 from sparsify_mlflow.data.yolo import parse_label_line, scan_yolo

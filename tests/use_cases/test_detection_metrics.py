@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sparsify_mlflow.usecases import centernet
-from sparsify_mlflow.usecases.dense_metrics import SegmentationScores, detection_metrics
-from sparsify_mlflow.usecases.segmentation import rasterise, upsample_argmax
+from sparsify_mlflow.usecases.vision_dense.metrics import SegmentationScores, detection_metrics
+from sparsify_mlflow.usecases.vision_dense.segmentation import rasterise, upsample_argmax
 
 NAMES = ["a", "b"]
 

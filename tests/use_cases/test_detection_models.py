@@ -8,7 +8,7 @@ import torch
 
 from sparsify_mlflow.errors import ModelError
 from sparsify_mlflow.usecases import resolve
-from sparsify_mlflow.usecases.dense_nets import build_dense_model
+from sparsify_mlflow.usecases.vision_dense.nets import build_dense_model
 
 
 def test_raw_maps_at_stride_8_and_the_scope_keeps_stem_and_prediction_convs_dense() -> None:
@@ -42,10 +42,12 @@ def test_prediction_figures_draw_ground_truth_dense_and_sparse(tmp_path: Path, u
     from sparsify_mlflow.config import ExperimentConfig
     from sparsify_mlflow.data.synthetic_yolo import make_yolo_dataset
     from sparsify_mlflow.training import torch_predictor
+    from sparsify_mlflow.usecases.vision import VisionOptions
 
     root = make_yolo_dataset(tmp_path / "ds", images=12, size=32)
     case = resolve(use_case)
-    data = case.load_data(ExperimentConfig(use_case=use_case, data=str(root), image_size=32, model="resnet18"))
+    data = case.load_data(ExperimentConfig(use_case=use_case, data=str(root), model="resnet18",
+                                           use_case_options=VisionOptions(image_size=32)))
     model, _ = case.create_model(ExperimentConfig(use_case=use_case, model="resnet18"), len(data.label_names), False)
     predict = torch_predictor(model, torch.device("cpu"))
     figures = case.prediction_figures({"dense": predict, "sparse": predict}, data)

@@ -13,46 +13,25 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
-from mlflow_checks import assert_failed_cleanly, family, registered_versions, run_project
+from helpers import REPO
+from helpers.data import write_csv, write_jsonl
+from helpers.mlflow_checks import assert_failed_cleanly, family, registered_versions, run_project
 from sparsify_mlflow import usecases
 from sparsify_mlflow.cli import main
-from sparsify_mlflow.config import build_config
-from sparsify_mlflow.data.embedded_text import generate
 from sparsify_mlflow.errors import ConfigError, ModelError
 from sparsify_mlflow.levels import Distillation, plan_recipe, recipe_yaml
-from sparsify_mlflow.training import torch_predictor, train
-from sparsify_mlflow.usecases.transformers_models import (
+from sparsify_mlflow.training import Stage, torch_predictor, train
+from sparsify_mlflow.usecases.nlp.transformers_models import (
     encoder_scope,
     load_sequence_classifier,
     load_tokenizer,
     resolve_model_source,
 )
+from sparsify_mlflow.validation import build_config
 
 SEQ = 32
 TINY = ["--epochs", "1", "--max-seq-length", str(SEQ), "--batch-size", "16",
         "--benchmark-batch-size", "4", "--benchmark-iterations", "3"]
-
-
-def write_jsonl(path: Path, rows: int = 80) -> Path:
-    """Generated reviews; 80 rows give 64 training rows, 4 steps of 16: QAT starts within 1 epoch."""
-    path.write_text("".join(json.dumps(r) + "\n" for r in generate(rows)), encoding="utf-8")
-    return path
-
-
-def write_csv(folder: Path, rows: int = 80) -> Path:
-    """train.csv + validation.csv with integer labels (0 negative, 1 positive)."""
-    import csv
-
-    folder.mkdir(parents=True, exist_ok=True)
-    data = generate(rows)
-    cut = rows * 4 // 5
-    for name, part in (("train.csv", data[:cut]), ("validation.csv", data[cut:])):
-        with open(folder / name, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["sentence", "label"])
-            writer.writerows([r["text"], int(r["label"] == "positive")] for r in part)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +49,7 @@ def test_both_use_cases_and_their_aliases_resolve() -> None:
         assert usecases.resolve(alias).name == "nlp-text_classification"
     for alias in ("sentiment_analysis", "sentiment-analysis", "sentiment", "SENTIMENT"):
         assert usecases.resolve(alias).name == "nlp-sentiment_analysis"
-    assert type(usecases.resolve("sentiment")) is type(usecases.resolve("text_classification"))
+    assert isinstance(usecases.resolve("sentiment"), type(usecases.resolve("text_classification")))
 
 
 def test_packaged_minilm_loads_offline_qat_ready(minilm) -> None:
@@ -121,7 +100,7 @@ def test_distill_option_checks() -> None:
         build_config("sentiment", max_seq_length=0)
     cfg = build_config("sentiment").with_defaults(model="minilm", epochs=1, batch_size=8, lr=1e-4,
                                                   pretrained=True, distill=True)
-    assert cfg.distill is True and cfg.pretrained is True and cfg.max_seq_length == 128
+    assert cfg.distill is True and cfg.pretrained is True and cfg.use_case_options.max_seq_length == 128
     assert build_config("sentiment", distill=False).with_defaults(
         model="m", epochs=1, batch_size=8, lr=1e-4, distill=True).distill is False
 
@@ -152,13 +131,15 @@ def test_load_data_tokenizes_to_the_fixed_length(tiny) -> None:
     assert data.fingerprint == case.load_data(cfg).fingerprint
     import dataclasses
 
-    assert data.fingerprint != case.load_data(dataclasses.replace(cfg, max_seq_length=16)).fingerprint
+    shorter = dataclasses.replace(cfg, use_case_options=dataclasses.replace(cfg.use_case_options, max_seq_length=16))
+    assert data.fingerprint != case.load_data(shorter).fingerprint
 
 
 def test_evaluate_reports_accuracy_macro_f1_and_per_class_table(tiny) -> None:
     case, cfg, data, model = tiny
     metrics = case.evaluate(torch_predictor(model, torch.device("cpu")), data, 4)
-    assert metrics.main_name == "accuracy" and set(metrics.values) == {"accuracy", "f1_macro", "recall_macro", "precision_macro"}
+    assert metrics.main_name == "accuracy"
+    assert set(metrics.values) == {"accuracy", "f1_macro", "recall_macro", "precision_macro"}
     table = metrics.tables["per_class_f1"]
     assert [row["class"] for row in table] == ["negative", "positive"]
     assert sum(row["samples"] for row in table) == 8
@@ -172,8 +153,8 @@ def test_training_distils_from_the_teacher(tiny, tmp_path: Path) -> None:
     teacher.register_forward_hook(lambda module, args, out: calls.append(1))
     scope = case.pruning_scope(student)
     recipe = recipe_yaml(plan_recipe(0.2, 1, scope, 1e-4, distillation=Distillation(0.5, 2.0)))
-    result = train(student, case, data, recipe, scope, batch_size=8, lr=1e-4, seed=0,
-                   device=torch.device("cpu"), desc="test", log_dir=tmp_path, teacher=teacher)
+    result = train(student, case, data, scope, Stage(recipe, 8, 1e-4, 0, "test", tmp_path, teacher=teacher),
+                   torch.device("cpu"))
     assert len(calls) == result.steps_per_epoch == 4
     assert not any(p.requires_grad and p.grad is not None for p in teacher.parameters())
 
@@ -285,8 +266,9 @@ def test_mlflow_run_on_a_csv_folder(store: str, tmp_path: Path, tiny_bert: Path)
     a local model folder (the packaged MiniLM runs in test_cli_end_to_end_on_jsonl)."""
     data = write_csv(tmp_path / "csv")
     summary_path = tmp_path / "summary.json"
-    params = {"use_case": "sentiment-analysis", "data": str(data), "model": str(tiny_bert), "optim_level": "0.5", "epochs": "1",
-              "batch_size": "16", "max_seq_length": str(SEQ), "text_column": "sentence", "label_column": "label",
+    params = {"use_case": "sentiment-analysis", "data": str(data), "model": str(tiny_bert), "optim_level": "0.5",
+              "epochs": "1", "batch_size": "16", "max_seq_length": str(SEQ), "text_column": "sentence",
+              "label_column": "label",
               "distill": "true", "distill_hardness": "0.6", "benchmark_batch_size": "4",
               "benchmark_iterations": "3", "registered_model_name": "csv-text", "working_dir": str(tmp_path),
               "summary_json": str(summary_path)}
