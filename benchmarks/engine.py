@@ -54,18 +54,31 @@ def engine_section(st: Settings, work: Path, reuse: bool, say: Say, resume: bool
 
 # ---- builds ------------------------------------------------------------------------------------
 
-def _build_key(spec: ModelSpec, level: float) -> str:
-    """What makes a built model reusable: the spec, the level and the code that builds it."""
+def _build_key(spec: ModelSpec, level: float, target: str) -> str:
+    """What makes a built model reusable: the spec, the level, the target and the code that builds it."""
     code = "".join((ROOT / p).read_text() for p in (
         "sparsify_mlflow/levels.py", "sparsify_mlflow/export.py", "benchmarks/models.py"))
-    blob = json.dumps({"spec": vars(spec), "level": level}, sort_keys=True) + code
+    blob = json.dumps({"spec": vars(spec), "level": level, "target": target}, sort_keys=True) + code
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _job(spec: ModelSpec, level: float, work: Path) -> dict[str, Any]:
-    return {"spec": vars(spec), "level": level, "key": _build_key(spec, level),
-            "out_dir": str(work / "models" / spec.key / f"level-{level:g}"),
-            "log_dir": str(work / "logs" / "sparseml")}
+def _builds(st: Settings, level: float) -> tuple[str, ...]:
+    """The --target values a level is built with: every one of the suite's where the level prunes
+    (the mask differs), else one (the mask does not matter)."""
+    from sparsify_mlflow.levels import target_sparsity
+
+    return st.targets if target_sparsity(level) > 0 else ("auto",)
+
+
+def variant(level: float, mask: str | None) -> str:
+    """A build's name in the results: "L0.5.block4", or "L0.1" where nothing is pruned."""
+    return f"L{level:g}" + (f".{mask}" if mask and mask != "none" else "")
+
+
+def _job(spec: ModelSpec, level: float, target: str, work: Path) -> dict[str, Any]:
+    folder = f"level-{level:g}" + ("" if target == "auto" else f"-{target}")
+    return {"spec": vars(spec), "level": level, "target": target, "key": _build_key(spec, level, target),
+            "out_dir": str(work / "models" / spec.key / folder), "log_dir": str(work / "logs" / "sparseml")}
 
 
 def _reusable(job: dict[str, Any]) -> dict[str, Any] | None:
@@ -85,15 +98,16 @@ def build_all(st: Settings, work: Path, reuse: bool, say: Say) -> dict[str, list
     ``st.parallel_builds`` at a time when memory allows (a build is mostly single-threaded graph
     rewriting, and runs with one torch thread); their export times are flagged as not comparable.
     """
-    done: dict[tuple[str, float], dict[str, Any]] = {}
+    done: dict[tuple[str, float, str], dict[str, Any]] = {}
     todo: list[dict[str, Any]] = []
+    order = [(level, target) for level in st.levels for target in _builds(st, level)]
     for spec in st.models:
-        for level in st.levels:
-            job = _job(spec, level, work)
+        for level, target in order:
+            job = _job(spec, level, target, work)
             cached = _reusable(job) if reuse else None
             if cached:
-                say(f"  {spec.key} level {level:g}: reusing {job['out_dir']}")
-                done[(spec.key, level)] = cached
+                say(f"  {spec.key} level {level:g} ({target}): reusing {job['out_dir']}")
+                done[(spec.key, level, target)] = cached
             else:
                 todo.append(job)
     if st.merge_workers:
@@ -101,7 +115,7 @@ def build_all(st: Settings, work: Path, reuse: bool, say: Say) -> dict[str, list
             say(f"[engine] building {len(todo)} models in one process "
                 f"({', '.join(sorted({j['spec']['key'] for j in todo}))})")
             for result in _run_builds(todo, st, work, say, parallel=False):
-                done[(result["spec_key"], result["level"])] = result
+                done[(result["spec_key"], result["level"], result["target"])] = result
     else:
         for spec in st.models:
             jobs = [j for j in todo if j["spec"]["key"] == spec.key]
@@ -110,11 +124,12 @@ def build_all(st: Settings, work: Path, reuse: bool, say: Say) -> dict[str, list
             alone, rest = [j for j in jobs if j["level"] in ends], [j for j in jobs if j["level"] not in ends]
             for job in alone:
                 (result,) = _run_builds([job], st, work, say, parallel=False)
-                done[(spec.key, job["level"])] = result
-            peaks = [done[(spec.key, lv)].get("child_peak_rss_mb") or 0.0 for lv in ends if (spec.key, lv) in done]
+                done[(spec.key, job["level"], job["target"])] = result
+            peaks = [b.get("child_peak_rss_mb") or 0.0 for (key, lv, _), b in done.items()
+                     if key == spec.key and lv in ends]
             for result in _parallel(rest, st, work, say, max(peaks or [4096.0])):
-                done[(spec.key, result["level"])] = result
-    return {spec.key: [done[(spec.key, lv)] for lv in st.levels] for spec in st.models}
+                done[(spec.key, result["level"], result["target"])] = result
+    return {spec.key: [done[(spec.key, lv, target)] for lv, target in order] for spec in st.models}
 
 
 def _parallel(jobs: list[dict[str, Any]], st: Settings, work: Path, say: Say, peak_mb: float) -> list[dict[str, Any]]:
@@ -134,7 +149,7 @@ def _run_builds(jobs: list[dict[str, Any]], st: Settings, work: Path, say: Say, 
     for job in jobs:
         if Path(job["out_dir"]).exists():
             shutil.rmtree(job["out_dir"])
-        say(f"  {job['spec']['key']} level {job['level']:g}: recipe, "
+        say(f"  {job['spec']['key']} level {job['level']:g} ({job['target']}): recipe, "
             f"{job['spec']['plan_epochs'] * job['spec']['steps_per_epoch']} steps, export...")
     name = "-".join(f"{j['spec']['key']}-{j['level']:g}" for j in jobs) if len(jobs) < 3 else "all"
     child = run_worker("build", {"jobs": jobs}, timeout=st.timeouts.get("build", 1800) * len(jobs),
@@ -147,8 +162,8 @@ def _run_builds(jobs: list[dict[str, Any]], st: Settings, work: Path, say: Say, 
                            "built_in_parallel": parallel, "child_seconds": child.seconds if len(jobs) == 1 else None,
                            "child_peak_rss_mb": child.peak_rss_mb if len(jobs) == 1 else None}
         (Path(job["out_dir"]) / "build.json").write_text(json.dumps(result, indent=2))
-        say(f"    {job['spec']['key']} level {job['level']:g}: exported in {result['export_seconds']:.1f} s, "
-            f"sparsity {result['exported_sparsity']:.3f}")
+        say(f"    {job['spec']['key']} level {job['level']:g} ({result['mask_type']}): exported in "
+            f"{result['export_seconds']:.1f} s, sparsity {result['exported_sparsity']:.3f}")
         results.append(result)
     return results
 
@@ -164,7 +179,8 @@ def _group_key(group: dict[str, Any], builds: dict[str, list[dict[str, Any]]], s
 
 
 def _variants(builds: list[dict[str, Any]]) -> list[dict[str, str]]:
-    variants = [{"key": f"deepsparse.L{b['level']:g}", "path": b["onnx_path"], "engine": "deepsparse"} for b in builds]
+    variants = [{"key": f"deepsparse.{variant(b['level'], b.get('mask_type'))}", "path": b["onnx_path"],
+                 "engine": "deepsparse"} for b in builds]
     dense = next(b for b in builds if b["level"] == 0.0)
     return variants + [{"key": "onnxruntime.L0", "path": dense["onnx_path"], "engine": "onnxruntime"}]
 
@@ -234,9 +250,9 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
     """Medians of per-run medians; speedups as medians of per-round (side-by-side) ratios."""
     levels = []
     for b in builds:
-        key = f"deepsparse.L{b['level']:g}"
+        key = f"deepsparse.{variant(b['level'], b.get('mask_type'))}"
         row: dict[str, Any] = {k: b.get(k) for k in (
-            "level", "target_sparsity", "quantized", "exported_sparsity", "pruned_scope_sparsity",
+            "level", "target", "mask_type", "target_sparsity", "quantized", "exported_sparsity", "pruned_scope_sparsity",
             "onnx_bytes", "onnx_gzip_bytes", "recipe_steps", "reused", "built_in_parallel")}
         row["export"] = {k: b.get(k) for k in ("export_seconds", "export_peak_rss_mb", "export_peak_rss_delta_mb",
                                                "export_rss_before_mb", "torch_threads")}

@@ -50,9 +50,9 @@ def pruning_scope(spec: ModelSpec, model):
     from sparsify_mlflow.levels import PruningScope
 
     if spec.kind == "vision":
-        from sparsify_mlflow.usecases.image_classification import ImageClassification
+        from sparsify_mlflow.usecases import resolve
 
-        return ImageClassification().pruning_scope(model)
+        return resolve("cv-classification").pruning_scope(model)
     try:
         from sparsify_mlflow.usecases.nlp.transformers_models import encoder_scope
     except ImportError:
@@ -96,8 +96,10 @@ def _loss(spec: ModelSpec, model, rows: list, labels):
     return model(input_ids=rows[0], attention_mask=rows[1], token_type_ids=rows[2], labels=labels).loss
 
 
-def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sampler: Any) -> dict[str, Any]:
-    """Plan, train briefly under the recipe, export; return what the report needs about the file."""
+def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sampler: Any,
+                target: str = "auto") -> dict[str, Any]:
+    """Plan (with `target`'s pruning mask), train briefly under the recipe, export; return what the
+    report needs about the file."""
     import os
 
     import torch
@@ -111,7 +113,7 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(spec)
     scope = pruning_scope(spec, model)
-    plan = plan_recipe(level, spec.plan_epochs, scope, LR)
+    plan = plan_recipe(level, spec.plan_epochs, scope, LR, target=target)
     recipe = recipe_yaml(plan)
     (out_dir / "recipe.yaml").write_text(recipe)
 
@@ -146,8 +148,10 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
     sampler.mark("done")
     return {
         "level": level,
+        "target": target,
         "torch_threads": torch.get_num_threads(),
         "target_sparsity": plan.target_sparsity,
+        "mask_type": plan.mask_type or "none",
         "quantized": plan.quantize,
         "recipe_steps": steps,
         "train_seconds": sum(step_seconds),

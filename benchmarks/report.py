@@ -60,7 +60,8 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
             lat = row["deepsparse"].get(f"bs{bs_lat}", {})
             tp = row["deepsparse"].get(f"bs{bs_tp}", {})
             rows.append([
-                f"DS: {row['level']:g}", f"{row['target_sparsity']:.2f} / {row['exported_sparsity']:.3f}",
+                f"DS: {row['level']:g}" + (f" {row['mask_type']}" if row.get("mask_type") not in (None, "none") else ""),
+                f"{row['target_sparsity']:.2f} / {row['exported_sparsity']:.3f}",
                 "yes" if row["quantized"] else "no", _f(row.get("fraction_of_supported_ops"), ".2f"),
                 _spread(lat.get("latency_ms"), ".1f"), _f(_med(lat.get("latency_ms_best")), ".1f"),
                 _spread(tp.get("items_per_second"), ".1f"),
@@ -68,7 +69,7 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
                   for fig in (lat, tp)),
             ])
             for bs, why in row.get("failures", {}).items():
-                notes.append(f"level {row['level']:g} {bs}: {why}")
+                notes.append(f"level {row['level']:g} {row.get('mask_type') or ''} {bs}: {why}")
         notes.append("Medians of per-run medians (min-max over runs in brackets); best = median over runs of "
                      "each run's fastest batch (less sensitive to other processes); speedups are medians of "
                      "per-round ratios to the dense FP32 model measured in the same round. Exported sparsity "

@@ -37,6 +37,9 @@ class Settings:
     mode: str
     levels: tuple[float, ...]
     models: tuple[ModelSpec, ...]
+    # --target at every level that prunes: each is built and timed (default = unstructured masks,
+    # vnni = 1x4 blocks); levels that only quantize are built once
+    targets: tuple[str, ...] = ("default", "vnni")
     batch_sizes: tuple[int, int] = (1, 16)   # (latency, throughput)
     rounds: int = 3                          # repeated runs per figure, interleaved across variants
     # One run: at least this long and this many timed batches, after the warm-up. 1 s and one
@@ -95,6 +98,7 @@ FULL = Settings(
 QUICK = Settings(
     mode="quick",
     levels=(0.0, 1.0),
+    targets=("vnni",),
     models=(
         ModelSpec("resnet18", "vision", image_size=64),
         ModelSpec("bert-base", "bert", layers=1, seq_len=32, vocab=2048),

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         for job in args["jobs"]:
             with RssSampler(interval=0.05) as sampler:
                 built = build_level(ModelSpec(**job["spec"]), float(job["level"]), Path(job["out_dir"]),
-                                    Path(job["log_dir"]), sampler)
+                                    Path(job["log_dir"]), sampler, target=job["target"])
             result["builds"].append(built | {"maxrss_mb": maxrss_mb()})
             save(result)
     elif task == "engines":

@@ -138,7 +138,7 @@ def recipe(num_classes: int, **options: Any) -> None:
     built, _ = case.create_model(cfg, num_classes, pretrained=False)
     distillation = Distillation() if case.default_distill else None  # as training-aware does
     click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, case.pruning_scope(built), cfg.lr,
-                                       distillation=distillation, args=cfg.recipe_args)), nl=False)
+                                       distillation=distillation, args=cfg.recipe_args, target=cfg.target)), nl=False)
 
 
 @cli.command("use-cases")
@@ -256,7 +256,9 @@ def promote(registered_model_name: str, version: str | None, alias: str | None, 
     from sparsify_mlflow.promote import Gates
     from sparsify_mlflow.promote import promote as run_promote
 
-    tracking.connect(tracking.resolve_tracking_uri(tracking_uri or None, Path(".").resolve()))
+    uri = tracking.resolve_tracking_uri(tracking_uri or None, Path(".").resolve())
+    tracking.require_existing_store(uri)
+    tracking.connect(uri)
     done = run_promote(registered_model_name, to=to, version=version or None, alias=alias or None,
                        gates=Gates(max_metric_drop, min_speedup, accept_unreliable.lower() == "true"), reason=reason)
     if not done.changed:

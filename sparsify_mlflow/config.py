@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from sparsify_mlflow.errors import ConfigError
-from sparsify_mlflow.levels import RecipeArgs
+from sparsify_mlflow.levels import TARGETS, RecipeArgs
 from sparsify_mlflow.options import (
     RECIPE,
     TRAINING,
@@ -23,6 +23,7 @@ from sparsify_mlflow.options import (
     NoOptions,
     declared,
     fraction,
+    one_of,
     option,
     positive_int,
     positive_number,
@@ -123,6 +124,9 @@ class ExperimentConfig:
                                      parse=_mapping(RecipeArgs))
     train_kwargs: TrainKwargs = option(TrainKwargs, "JSON/YAML mapping for the training loop: weight_decay, "
                                        "momentum, grad_clip, num_workers.", parse=_mapping(TrainKwargs))
+    target: str = option("auto", "Deployment target, as in sparseml's recipe template: chooses the pruning mask. auto "
+                         "(1x4 blocks at INT8 levels), vnni (1x4 blocks), default (unstructured), tensorrt (2:4, so "
+                         "50% sparse).", commands=ALL, check=one_of(*TARGETS))
     deploy_engine: str = option("deepsparse", "Engine that validates and benchmarks the deployment: deepsparse "
                                 "or onnxruntime.", check=_engine)
     use_case_options: Any = field(default_factory=NoOptions)  # the use case's own options (its `options` dataclass)

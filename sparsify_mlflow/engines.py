@@ -9,6 +9,7 @@ which reads the same exported file. Neither engine is imported at module import.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ __all__ = [
     "EngineUnavailable",
     "cpu_info",
     "deepsparse_status",
+    "layer_timings",
     "load_engine",
     "plan_benchmarks",
     "predict_batches",
@@ -204,6 +206,49 @@ def _probe_once(path: Path, batch_sizes: Sequence[int], num_cores: int | None) -
         for bs, why in probe_deepsparse(path, missing, cores).items():
             _PROBED[(*key, bs)] = why
     return {bs: _PROBED[(*key, bs)] for bs in dict.fromkeys(batch_sizes)}
+
+
+_LAYERS_SCRIPT = """
+import json, os, sys
+os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+import numpy as np
+import deepsparse
+path, rows, bs, cores = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+data = np.load(rows)
+inputs = [data[k][:bs] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))]
+report = deepsparse.model_debug_analysis(path, inputs, batch_size=bs, num_cores=cores, num_iterations=20,
+                                         num_warmup_iterations=5)
+layers = [{"layer": i, "name": l["name"], "kind": l["name"].rstrip("_0123456789").split("-")[0].rstrip("_"),
+           "canonical_name": l["canonical_name"], "ms": l["average_run_time_in_ms"],
+           "kernel_sparsity": l["kernel_sparsity"], "kernel": l.get("kernel_dims") or {},
+           "teraflops_per_second": l.get("average_teraflops_per_second")}
+          for i, l in enumerate(report["layer_info"])]
+print("LAYERS " + json.dumps({"total_ms": report["average_total_time"], "layers": layers}))
+"""
+
+
+def layer_timings(path: Path, rows: list[np.ndarray], batch_size: int, num_cores: int | None = None,
+                  timeout: float = 900.0) -> dict[str, Any] | None:
+    """DeepSparse's own per-layer analysis of `path` (`deepsparse.model_debug_analysis`) at `batch_size`:
+    {total_ms, layers: [{name, kind, ms, kernel_sparsity, ...}]} in execution order; None when it
+    could not run. In a child process, as compiling can abort the process (probe_deepsparse)."""
+    if not deepsparse_status()[0]:
+        return None
+    cores = int(num_cores) if num_cores else _physical_cores()
+    with tempfile.TemporaryDirectory(prefix="sparsify-layers-") as tmp:
+        arrays = Path(tmp) / "rows.npz"
+        np.savez(arrays, **{f"input_{i}": np.repeat(a[:1], batch_size, axis=0) for i, a in enumerate(rows)})
+        try:
+            proc = subprocess.run([sys.executable, "-c", _LAYERS_SCRIPT, str(path), str(arrays), str(batch_size),
+                                   str(cores)], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("LAYERS ")), None)
+    if line is None:
+        _LOG.warning("DeepSparse's per-layer analysis of %s failed: %s", path.name, _crash_reason(
+            proc.stdout + proc.stderr, proc.returncode))
+        return None
+    return json.loads(line.removeprefix("LAYERS "))
 
 
 _DIAGNOSE_SCRIPT = """

@@ -8,6 +8,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import partial
@@ -22,7 +25,7 @@ from sparsify_mlflow import distributed, run_logging, stages, tracking, usecases
 from sparsify_mlflow.checkpoint import CHECKPOINT_NAME, Checkpoint, save_atomically
 from sparsify_mlflow.config import DEFAULT_LEVEL, TEACHER_SELF, ExperimentConfig
 from sparsify_mlflow.deployment import Handover, write_deployment, write_metrics
-from sparsify_mlflow.engines import load_engine, plan_benchmarks, predict_batches
+from sparsify_mlflow.engines import layer_timings, load_engine, plan_benchmarks, predict_batches
 from sparsify_mlflow.export import export_onnx
 from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
 from sparsify_mlflow.options import given
@@ -50,7 +53,7 @@ def run_training_aware(cfg: ExperimentConfig, resume: ResumePoint | None = None)
     cfg, use_case, tracking_uri, experiment_id = open_store(cfg)
     folder = make_folder(resume.folder) if resume else _experiment_folder(cfg, use_case)
     clock = stages.start()  # stage_seconds.* metrics + timing/stages.json (benchmarks/ reads them)
-    with tracking.kept_locally(folder), tracking.run(
+    with removed_if_empty(folder), tracking.kept_locally(folder), tracking.run(
             f"{use_case.name}-{Path(cfg.model).stem}-{run_suffix(cfg)}", experiment_id=experiment_id,
             tags={"sparsify.use_case": use_case.name}, run_id=resume.parent_run_id if resume else None) as parent:
         if resume is None:  # a resumed run keeps the params (and config) it was started with
@@ -124,7 +127,8 @@ def plan_level(session: Session, cfg: ExperimentConfig) -> tuple[RecipePlan, str
     user's file and the plan describes it (its sparsity per parameter group, whether it quantizes)."""
     distillation = Distillation(cfg.distill_hardness, cfg.distill_temperature) if cfg.distill else None
     level = DEFAULT_LEVEL if cfg.optim_level is None else cfg.optim_level
-    plan = plan_recipe(level, cfg.epochs, session.scope, cfg.lr, distillation=distillation, args=cfg.recipe_args)
+    plan = plan_recipe(level, cfg.epochs, session.scope, cfg.lr, distillation=distillation, args=cfg.recipe_args,
+                       target=cfg.target)
     recipe = cfg.recipe.read_text() if cfg.recipe else recipe_yaml(plan)
     facts = recipe_facts(recipe, f"--recipe {cfg.recipe}" if cfg.recipe else "the derived recipe",
                          cfg.recipe.name if cfg.recipe else "the derived recipe")
@@ -216,9 +220,15 @@ def measure_speed(session: Session, dense: ModelReport, candidates: dict[str, Mo
         speed = run_session(entrants, session.use_case.sample_inputs(session.data, cfg.benchmark_batch_size),
                             iterations=cfg.benchmark_iterations, rounds=cfg.benchmark_rounds,
                             num_cores=cfg.num_cores, notes=notes)
+        if cfg.deploy_engine == "deepsparse":  # where the time goes, layer by layer, at batch size 1
+            rows = session.use_case.sample_inputs(session.data, 1)
+            speed.layers = {label: report for label, path in files.items()
+                            if (report := layer_timings(path, rows, 1, cfg.num_cores)) is not None}
     for label, rep in candidates.items():
         if rep is dense:  # level 0: the dense file is the candidate
             speed.measurements[label] = speed.measurements["dense"]
+            if "dense" in speed.layers:
+                speed.layers[label] = speed.layers["dense"]
     timed = {"dense": dense} | {label: rep for label, rep in candidates.items() if rep is not dense}
     for label, rep in timed.items():
         rep.benchmarks = speed.results(label)
@@ -261,6 +271,8 @@ def conclude_level(session: Session, cfg: ExperimentConfig, dense: _Trained, spa
                         dense.report, sparse.report, comparison, notes, reliability)
     with stages.stage("tracking"):
         run_logging.log_figures(dense.report, sparse.report, plan, scope, use_case)
+        run_logging.log_layer_timings({role: speed.layers[name] for role, name in (("dense", "dense"), ("sparse", label))
+                                       if name in speed.layers})
         run_logging.log_prediction_figures(use_case, data, dense.model, sparse.model)
         deployment = write_deployment(folder, use_case, data, recipe, handover)
         write_metrics(folder, handover)
@@ -485,6 +497,7 @@ def registry_tags(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, re
         "use_case": use_case.name, "model": cfg.model, "recipe_source": plan.source,
         "optim_level": "" if plan.optim_level is None else f"{plan.optim_level:g}",
         "target_sparsity": f"{plan.target_sparsity:g}", "sparsity": f"{sparse.exported.weight_sparsity:.4f}",
+        "mask_type": plan.mask_type or "none", "target": cfg.target,
         "int8": str(sparse.exported.quantized).lower(),
         "main_metric": main, main: f"{sparse.onnx_metrics.main:.4f}", f"{main}_pytorch": f"{sparse.metrics.main:.4f}",
         "main_drop": f"{comparison['main_drop']:.2f}", "main_drop_pytorch": f"{comparison['main_drop_pytorch']:.2f}",
@@ -520,6 +533,17 @@ def _description(cfg: ExperimentConfig, use_case: UseCase, result: ExperimentRes
 def _experiment_folder(cfg: ExperimentConfig, use_case: UseCase) -> Path:
     """Sparsify's layout: <type>_<use-case>_<date-time>/ with deployment/, training_artifacts/, logs/."""
     return make_folder(cfg.working_dir / f"training-aware_{use_case.name}_{timestamp()}")
+
+
+@contextmanager
+def removed_if_empty(folder: Path) -> Iterator[None]:
+    """A run that fails before writing any file (bad data, a refused teacher) leaves no empty folder."""
+    try:
+        yield
+    except BaseException:
+        if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def timestamp() -> str:

@@ -20,7 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sparsify_mlflow import tracking
+from sparsify_mlflow import remote, tracking
 from sparsify_mlflow.benchmark import BenchmarkResult
 from sparsify_mlflow.engines import cpu_info, deepsparse_status
 from sparsify_mlflow.errors import ConfigError, UserError
@@ -68,7 +68,8 @@ def resolve_model_uri(client: MlflowClient, model_uri: str) -> ModelVersion:
         return client.get_model_version(name, match["version"])
     except MlflowException as exc:
         first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else type(exc).__name__
-        raise UserError(f"{model_uri} is not in the registry ({first})") from None
+        raise UserError(f"{model_uri} is not in the registry of {remote.redact_uri(mlflow.get_tracking_uri())} "
+                        f"({first})") from None
 
 
 def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 16), engine: str = "deepsparse",
@@ -84,6 +85,7 @@ def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 1
             raise ConfigError(f"{option} must be a positive integer, got {value!r}")
     working_dir = Path(working_dir).resolve()
     uri = tracking.resolve_tracking_uri(tracking_uri, working_dir)
+    tracking.require_existing_store(uri)
     tracking.connect(uri)
     client = MlflowClient()
     mv = resolve_model_uri(client, model_uri)

@@ -124,7 +124,8 @@ def plan_from_recipe(facts: RecipeFacts, derived: RecipePlan) -> RecipePlan:
         init_sparsity=None, update_frequency=None, qat_start=facts.qat_start,
         freeze_bn_epoch=facts.freeze_bn_epoch, disable_observers_epoch=facts.disable_observers_epoch)
     return replace(derived, optim_level=None, epochs=facts.epochs, target_sparsity=facts.target_sparsity,
-                   quantize=facts.quantize,
+                   quantize=facts.quantize, mask_type=first.mask_type if first else None,
+                   mask_reason=f"{first.mask_type} (from {facts.file})" if first else "",
                    schedule=schedule, distillation=derived.distillation, recipe_file=facts.file,
                    file_params=facts.params())
 

@@ -76,6 +76,25 @@ def latency_figure(bars: dict[str, dict[str, float]]) -> Figure:
     return fig
 
 
+def layer_figure(timings: dict[str, dict], top: int = 25) -> Figure:
+    """DeepSparse's time per layer, one panel per model ({label: layer_timings(...)}), execution order,
+    the `top` slowest layers of each named: where a model still spends its time."""
+    fig, axes = plt.subplots(1, len(timings), figsize=(6 * len(timings), 7), sharex=True, squeeze=False)
+    for ax, (label, report) in zip(axes[0], timings.items()):
+        layers = report["layers"]
+        times = [layer["ms"] for layer in layers]
+        slow = set(sorted(range(len(layers)), key=lambda i: -times[i])[:top])
+        ax.barh(range(len(layers)), times, color=["C3" if i in slow else "C0" for i in range(len(layers))])
+        ax.set_yticks(range(len(layers)), [layer["name"] if i in slow else "" for i, layer in enumerate(layers)],
+                      fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlabel("ms per batch")
+        ax.set_title(f"{label}: {report['total_ms']:.2f} ms in {len(layers)} layers", fontsize=9)
+    fig.suptitle("DeepSparse time per layer (its own analysis; red: the slowest)")
+    fig.tight_layout()
+    return fig
+
+
 def pareto_figure(points: Sequence[Point], fronts: dict[str, list[int]], recommended: int | None,
                   main_name: str, batch_size: int) -> Figure:
     """Main metric vs batch-1 latency and vs throughput: dense as a star, the Pareto front as a line.

@@ -84,6 +84,20 @@ def log_figures(dense: ModelReport, sparse: ModelReport, plan: RecipePlan, scope
         plt.close(fig)
 
 
+def log_layer_timings(timings: dict[str, dict]) -> None:
+    """DeepSparse's per-layer times of the dense and the sparse file at batch size 1: a table and a figure."""
+    if not timings:
+        return
+    import matplotlib.pyplot as plt
+
+    rows = [{"model": role, **{k: v for k, v in layer.items() if k != "kernel"}, **layer["kernel"]}
+            for role, analysis in timings.items() for layer in analysis["layers"]]
+    tracking.log_rows(rows, "benchmark/layers_bs1.json")
+    fig = report.layer_figure(timings)
+    mlflow.log_figure(fig, "figures/layer_times.png")
+    plt.close(fig)
+
+
 def log_prediction_figures(use_case: UseCase, data: DataBundle, dense: nn.Module, sparse: nn.Module) -> None:
     """Use cases with a `prediction_figures` hook (detection, segmentation) draw a few validation
     images with the dense and the sparse model's predictions side by side."""

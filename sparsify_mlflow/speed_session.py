@@ -113,6 +113,7 @@ class SessionResult:
     load: Load
     rounds: int
     notes: list[str] = field(default_factory=list)
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> engines.layer_timings at bs1
 
     def results(self, label: str) -> dict[str, BenchmarkResult]:
         return {key: m.result for key, m in self.measurements.get(label, {}).items()}

@@ -30,6 +30,15 @@ def resolve_tracking_uri(explicit: str | None, working_dir: Path) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{working_dir / 'mlflow.db'}"
 
 
+def require_existing_store(tracking_uri: str) -> None:
+    """Commands that only read a store (benchmark, promote) must not create an empty one: a sqlite
+    store that does not exist is a mistake (run from another folder?), said in one line."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):].split("?", 1)[0]).is_file():
+        raise TrackingError(f"no MLflow store at {tracking_uri[len(prefix):]}: run this from the folder of your "
+                            "experiments, or pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+
+
 def connect(tracking_uri: str) -> None:
     """Point MLflow at the store and fail fast, in one line, if it cannot be used.
 

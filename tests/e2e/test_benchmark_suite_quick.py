@@ -43,8 +43,13 @@ def check_results(res: dict, md: str) -> None:
 
     engine = res["sections"]["engine"]
     assert [m["kind"] for m in engine["models"]] == ["vision", "bert"]
-    for model in engine["models"]:
-        assert [row["level"] for row in model["levels"]] == res["settings"]["levels"]
+    from sparsify_mlflow.levels import target_sparsity
+
+    for model in engine["models"]:  # a level that prunes once per --target of the suite, with its mask
+        expected = [(lv, t) for lv in res["settings"]["levels"]
+                    for t in (res["settings"]["targets"] if target_sparsity(lv) > 0 else ["auto"])]
+        assert [(row["level"], row["target"]) for row in model["levels"]] == expected
+        assert all((row["mask_type"] == "block4") == (row["target"] == "vnni") for row in model["levels"])
         for bs in ("bs1", "bs16"):
             _figure(model["onnxruntime_dense"][bs]["items_per_second"], f"{model['model']} ORT {bs}")
         for row in model["levels"]:

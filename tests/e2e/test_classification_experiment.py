@@ -40,7 +40,10 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"recipe.yaml", "figures", "experiment"} <= artifacts
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
-    assert figures == {"figures/sparsity_per_layer.png", "figures/metric_per_epoch.png", "figures/latency.png"}
+    assert figures == {"figures/sparsity_per_layer.png", "figures/metric_per_epoch.png", "figures/latency.png",
+                       "figures/layer_times.png"}  # DeepSparse's per-layer times, dense beside sparse
+    layers = {a.path for a in client.list_artifacts(parent.info.run_id, "benchmark")}
+    assert "benchmark/layers_bs1.json" in layers
     deployment = client.list_artifacts(parent.info.run_id, "experiment/deployment")
     assert {Path(a.path).name for a in deployment} == {"model.onnx", "recipe.yaml", "config.json", "README.md"}
     sparse = children["sparse"]

@@ -56,6 +56,7 @@ def test_data_errors_fail_the_run_and_register_nothing(capsys, store, tmp_path, 
     assert err.startswith("error: ") and message in err
     assert err.count("\n") == 1
     assert_failed_cleanly(store, message)
+    assert not list((tmp_path / "work").glob("training-aware_*")), "a failed run leaves no empty experiment folder"
 
 
 def test_unknown_model_fails_the_run(capsys, store, tmp_path) -> None:

@@ -10,6 +10,7 @@ import yaml
 from sparsify_mlflow import levels
 from sparsify_mlflow.levels import (
     PruningScope,
+    RecipeArgs,
     plan_recipe,
     quantizes,
     recipe_yaml,
@@ -187,13 +188,13 @@ def test_yaml_level_05_is_gmp_and_qat():
     assert gmp == {
         "params": ["conv2.weight"], "init_sparsity": 0.05, "final_sparsity": 0.7,
         "start_epoch": 0.0, "end_epoch": 4.0, "update_frequency": 0.2,
-        "inter_func": "cubic", "mask_type": "unstructured", "leave_enabled": True,
+        "inter_func": "cubic", "mask_type": "block4", "leave_enabled": True,  # --target auto at an INT8 level
     }
     assert set(mods["QuantizationModifier"]) <= NEW_QUANT_KEYS
     assert mods["QuantizationModifier"]["start_epoch"] == 8.0
     # the human-readable header
     assert "# optim level: 0.5" in text
-    assert "# target sparsity: 0.7 " in text
+    assert "# target sparsity: 0.7, mask 1x4 blocks" in text
     assert "# quantization: yes" in text
     assert "#   0.0 -> 4.0: GMP pruning" in text
     assert "#   8.0 -> 10.0: QAT" in text
@@ -280,3 +281,31 @@ def test_recipe_drives_sparseml(tmp_path, monkeypatch):
     fake_quants = [m for m in model.modules() if isinstance(m, torch.ao.quantization.FakeQuantize)]
     assert fake_quants
     assert type(model.fc) is nn.Linear  # quant_ignore keeps the head in FP32
+
+
+# ---- --target: the pruning mask ------------------------------------------------------------------
+
+@pytest.mark.parametrize("target, level, mask, sparsity", [
+    ("auto", 0.5, "block4", 0.7), ("vnni", 0.5, "block4", 0.7), ("default", 0.5, "unstructured", 0.7),
+    ("tensorrt", 0.5, "2:4", 0.5), ("tensorrt", 1.0, "2:4", 0.5), ("auto", 0.1, None, 0.0), ("auto", 0.0, None, 0.0),
+])
+def test_the_target_chooses_the_mask(target: str, level: float, mask: str | None, sparsity: float) -> None:
+    plan = plan_recipe(level, 10, SCOPE, 0.01, target=target)
+    assert (plan.mask_type, plan.target_sparsity) == (mask, sparsity)
+    assert plan.summary()["recipe.mask_type"] == (mask or "none")
+    text = recipe_yaml(plan)
+    if mask:
+        assert f"mask_type: {mask if mask != '2:4' else repr(mask)}" in text and plan.mask_reason in text
+    else:
+        assert "GMPruningModifier" not in text
+
+
+def test_auto_says_why_and_recipe_args_override_the_mask() -> None:
+    plan = plan_recipe(0.7, 10, SCOPE, 0.01)
+    assert plan.mask_type == "block4" and "VNNI" in plan.mask_reason
+    plan = plan_recipe(0.7, 10, SCOPE, 0.01, args=RecipeArgs(mask_type="unstructured"))
+    assert plan.mask_type == "unstructured" and "--recipe-args" in plan.mask_reason
+    with pytest.raises(ValueError, match="target must be one of auto, vnni, default, tensorrt"):
+        plan_recipe(0.5, 10, SCOPE, 0.01, target="tpu")
+    with pytest.raises(ValueError, match="mask_type must be one of"):
+        RecipeArgs(mask_type="block8")

@@ -206,6 +206,20 @@ def test_benchmark_by_version_generates_inputs_without_an_example(reg: Registry)
     assert reg.client.get_experiment(run.info.experiment_id).name == "bench-here"
 
 
+def test_reading_commands_refuse_a_store_that_does_not_exist(tmp_path: Path, capsys, monkeypatch) -> None:
+    """benchmark and promote only read a store: run from another folder, they say where they looked
+    and create nothing there (no empty mlflow.db, no mlartifacts/)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for args in (["benchmark", "--model-uri", "models:/m@champion"],
+                 ["promote", "--registered-model-name", "m", "--alias", "candidate"]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: no MLflow store at {tmp_path / 'mlflow.db'}: run this from the folder of your " \
+                      "experiments, or pass --tracking-uri (or set MLFLOW_TRACKING_URI)", err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_benchmark_input_mistakes_are_one_line_errors(reg: Registry, capsys) -> None:
     reg.register({})
     capsys.readouterr()
