@@ -45,3 +45,13 @@ def test_values_reach_the_options(tmp_path: Path) -> None:
 def test_main_passes_the_process_count(tmp_path: Path) -> None:
     assert parse("main", {}, tmp_path).params["nproc_per_node"] == 1
     assert parse("main", {"nproc_per_node": "2"}, tmp_path).params["nproc_per_node"] == 2
+
+
+def test_the_default_environment_needs_no_python_download() -> None:
+    """`mlflow run .` without --env-manager builds a virtualenv: with no `python:` in python_env.yaml it
+    uses the exact Python running mlflow, so nothing is fetched from python.org or compiled."""
+    from mlflow.utils.environment import PYTHON_VERSION, _PythonEnv
+
+    env = _PythonEnv.from_yaml(str(REPO / "python_env.yaml"))
+    assert env.python == PYTHON_VERSION
+    assert {"-c requirements.lock", "-e ."} <= set(env.dependencies)
