@@ -9,6 +9,7 @@ Gloo on CPU, NCCL on GPU. This module knows nothing of training; launcher.py sta
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,17 @@ def shutdown() -> None:
         if _context.leader and not _in_stage:  # mid-stage (a failure): torchrun stops the workers
             send(None)
     finally:
-        dist.destroy_process_group()
+        leave()
         _context = None
+
+
+def leave(timeout: float = 30.0) -> None:
+    """destroy_process_group, bounded: gloo's blocked forever once in a suite run when the other rank
+    had already left (the leader hung after a failed run); the process exits right after, so a
+    bounded wait loses nothing."""
+    thread = threading.Thread(target=dist.destroy_process_group, daemon=True)
+    thread.start()
+    thread.join(timeout)
 
 
 def sync_from_leader(model: nn.Module) -> None:

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from sparsify_mlflow.distributed import EXIT_FILE_ENV, Context, receive
+from sparsify_mlflow.distributed import EXIT_FILE_ENV, Context, leave, receive
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -60,6 +59,6 @@ def serve(ctx: Context) -> int:
                             resume_from=resume)
             train(copy.deepcopy(model), case, data, scope, stage, ctx.device)
     finally:
-        dist.destroy_process_group()
+        leave()
         logs.cleanup()
     return 0

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import REPO
-from helpers.mlflow_checks import family, registered_versions, run_project
+from helpers.mlflow_checks import assert_comparison_follows_its_definitions, family, registered_versions, run_project
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.data.synthetic_yolo import make_yolo_dataset
 
@@ -76,6 +76,8 @@ def test_detection_through_the_cli(shapes: Path, store: str, tmp_path: Path) -> 
     summary = json.loads(summary_path.read_text())
     assert summary["use_case"] == "cv-detection" and summary["main_metric"] == "map50"
     assert_experiment(store, summary, "map50", ("map50_95",), "per_class_ap")
+    # mAP differs between dense and sparse here, so a flipped main_drop or speedup cannot pass unseen
+    assert_comparison_follows_its_definitions(store, summary["parent_run_id"])
     config = json.loads((Path(summary["artifacts"]["deployment_dir"]) / "config.json").read_text())
     assert config["labels"] == ["square", "disc", "triangle"] and "heatmap" in config["outputs"]
 

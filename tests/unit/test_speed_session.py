@@ -123,3 +123,33 @@ def test_reliability_names_the_cause(chains) -> None:
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="per-CPU accounting needs sched_getaffinity (Linux)")
 def test_load_meter_reads_only_the_cpus_we_may_use() -> None:
     assert set(LoadMeter().cpus) == os.sched_getaffinity(0)
+
+
+def report(role: str, path: Path, pytorch: float, onnx: float):
+    from sparsify_mlflow.export import ExportedModel
+    from sparsify_mlflow.results import ModelReport
+    from sparsify_mlflow.usecases.base import Metrics
+
+    exported = ExportedModel(path, ("input",), ("output",), 1, 1, 0.0, {})
+    return ModelReport(role, "run", Metrics("accuracy", {"accuracy": pytorch}), Metrics("accuracy", {"accuracy": onnx}),
+                       "onnxruntime", exported, {}, [], {}, 0.0, 0.0)
+
+
+def test_the_comparison_follows_its_definitions(chains) -> None:
+    """main_drop is 100 x (dense - sparse) of the exported files' metric; each speedup the median of the
+    per-round ratios dense / sparse of one session (a flipped sign or an inverted ratio fails here)."""
+    from sparsify_mlflow.experiment import compare
+
+    entrants, _ = plan_session({"dense": chains["slow"], "sparse": chains["fast"]},
+                               {"dense": ("onnxruntime",), "sparse": ("onnxruntime",)}, (1, 4), reference="dense")
+    speed = run_session(entrants, ROWS, iterations=6, rounds=3)
+    dense, sparse = report("dense", chains["slow"], 0.91, 0.90), report("sparse", chains["fast"], 0.88, 0.86)
+    comparison, reliability = compare(dense, sparse, speed, "sparse")
+    assert comparison["main_drop"] == pytest.approx(4.0) and comparison["main_drop_pytorch"] == pytest.approx(3.0)
+    for key in ("onnxruntime.bs1", "onnxruntime.bs4"):
+        ratios = [d / s for d, s in zip(speed.measurements["dense"][key].round_ms,
+                                        speed.measurements["sparse"][key].round_ms)]
+        assert comparison[f"speedup.{key}"] == statistics.median(ratios)
+        assert (comparison[f"speedup.{key}.min"], comparison[f"speedup.{key}.max"]) == (min(ratios), max(ratios))
+        assert comparison[f"speedup.{key}"] > 1, "24 matmuls against 3: the sparse (fast) side is faster"
+    assert comparison["benchmark.other_cores"] >= 0 and isinstance(reliability.reliable, bool)

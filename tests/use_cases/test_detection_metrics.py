@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparsify_mlflow.usecases import centernet
+from sparsify_mlflow.usecases.vision_dense import centernet
 from sparsify_mlflow.usecases.vision_dense.metrics import SegmentationScores, detection_metrics
 from sparsify_mlflow.usecases.vision_dense.segmentation import rasterise, upsample_argmax
 

@@ -15,7 +15,13 @@ from mlflow.tracking import MlflowClient
 
 from helpers import REPO
 from helpers.data import write_csv, write_jsonl
-from helpers.mlflow_checks import assert_failed_cleanly, family, registered_versions, run_project
+from helpers.mlflow_checks import (
+    assert_comparison_follows_its_definitions,
+    assert_failed_cleanly,
+    family,
+    registered_versions,
+    run_project,
+)
 from sparsify_mlflow import usecases
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.errors import ConfigError, ModelError
@@ -257,6 +263,7 @@ def test_cli_end_to_end_on_jsonl(store: str, tmp_path: Path) -> None:
     summary = json.loads(summary_path.read_text())
     assert summary["registered_model"]["model_uri"] == "models:/tiny-text@candidate"
     assert_text_experiment(store, summary, "nlp-text_classification")
+    assert_comparison_follows_its_definitions(store, summary["parent_run_id"])
     assert_registered_model_predicts_text(store, "tiny-text")
 
 
