@@ -111,6 +111,7 @@ def prepare(cfg: ExperimentConfig, use_case: UseCase, experiment_id: str, tracki
     """In the active run: load the data, build the model, find the pruning scope and the device."""
     data = use_case.load_data(cfg)
     run_logging.log_data(data)
+    run_logging.log_datasets(data)
     model = use_case.build_model(cfg, data)
     tracking.log_params(data.info | {"data.fingerprint": data.fingerprint, "data.source": data.source})
     scope = use_case.pruning_scope(model)
@@ -153,6 +154,7 @@ def train_dense_baseline(session: Session, folder: Path) -> _Trained:
     run_id, status = resume.child("dense") if resume else (None, None)
     with tracking.run("dense-baseline", nested=True, tags={"sparsify.role": "dense"}, run_id=run_id) as child:
         tracking.log_params(plan.summary() | {"baseline_key": key})
+        run_logging.log_datasets(session.data)
         own = status == "FINISHED"  # resumed after the baseline finished: its own logged model
         cached = run_id if own else tracking.find_finished_run(session.experiment_id, BASELINE_KEY_TAG, key)
         if cached:
@@ -305,6 +307,7 @@ def _training_aware(session: Session, cfg: ExperimentConfig, dense_model: nn.Mod
     run_id = resume.child("sparse")[0] if resume else None
     with tracking.run("training-aware", nested=True, tags={"sparsify.role": "sparse"}, run_id=run_id) as child:
         mlflow.log_text(recipe, "recipe.yaml")
+        run_logging.log_datasets(session.data)
         teacher = _teacher(session, dense_model)
         with stages.stage("training_aware_training"):
             model, result = _train(session, cfg, model, recipe, folder, "sparse", teacher,

@@ -51,6 +51,29 @@ def log_epoch(stats: EpochStats) -> None:
                           **{f"val.{k}": v for k, v in stats.val.values.items()}}, step=stats.epoch)
 
 
+def log_datasets(data: DataBundle) -> None:
+    """The training and validation data as MLflow datasets of the active run: the runs list's Dataset
+    column and the run page say what a model saw; the same data gives the same digest (fingerprint)."""
+    import warnings
+
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    path = Path(data.source).expanduser()
+    if path.exists():
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(str(path.resolve()))
+        name = path.stem
+    else:  # embedded data or a hub dataset: its description
+        source, name = CodeDatasetSource({"description": data.source}), data.source.split()[-1]
+    for context, split in (("training", data.train), ("validation", data.val)):
+        mlflow.log_input(MetaDataset(source, name=f"{name}-{context}", digest=data.fingerprint[:16]), context=context,
+                         tags={"rows": str(len(split))})
+
+
 def log_data(data: DataBundle) -> None:
     for warning in data.warnings:
         print(f"warning: {warning}")

@@ -51,6 +51,11 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
     assert [m.step for m in history] == [1, 2]
     assert "val.accuracy" in sparse.data.metrics and "train.loss" in sparse.data.metrics
     assert_comparison_follows_its_definitions(store, summary["parent_run_id"])
+    fingerprint = params["data.fingerprint"][:16]  # the data each run saw, as MLflow datasets
+    for run in (parent, *children.values()):
+        contexts = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset.digest
+                    for i in client.get_run(run.info.run_id).inputs.dataset_inputs}
+        assert contexts == {"training": fingerprint, "validation": fingerprint}, run.info.run_name
 
 
 def run_cli(*args: str) -> None:
