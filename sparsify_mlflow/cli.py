@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 import warnings
 from typing import Any
 
@@ -324,23 +325,27 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up promptly in logs and pipes
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the MLflow runs KILLED, not RUNNING forever
     _ARGV[:] = sys.argv[1:] if argv is None else argv
-    ctx = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun: join the process group
         from sparsify_mlflow import distributed
 
         ctx = distributed.init_from_env()
-        if not ctx.leader:
-            from sparsify_mlflow import launcher
+        code = 1
+        try:
+            if ctx.leader:
+                code = _run(argv)
+            else:
+                from sparsify_mlflow import launcher
 
-            return launcher.serve(ctx)
-    code = 1
-    try:
-        code = _run(argv)
-    finally:
-        if ctx is not None:
-            distributed.shutdown()
-            distributed.record_exit(code)
-    return code
+                code = launcher.serve(ctx)
+        except BaseException:
+            traceback.print_exc()  # exit_now below would end the process before Python prints it
+            raise
+        finally:
+            if ctx.leader:
+                distributed.shutdown()
+                distributed.record_exit(code)
+            distributed.exit_now(code)
+    return _run(argv)
 
 
 def _run(argv: list[str] | None) -> int:

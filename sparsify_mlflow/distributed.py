@@ -9,7 +9,7 @@ Gloo on CPU, NCCL on GPU. This module knows nothing of training; launcher.py sta
 from __future__ import annotations
 
 import os
-import threading
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -177,25 +177,20 @@ def receive() -> Job | None:
 
 
 def shutdown() -> None:
-    """Leader: release the workers; everyone leaves the process group."""
+    """Leader: release the workers (a failed stage needs no release: torchrun stops the workers)."""
     global _context
-    if _context is None:
-        return
-    try:
-        if _context.leader and not _in_stage:  # mid-stage (a failure): torchrun stops the workers
-            send(None)
-    finally:
-        leave()
-        _context = None
+    if _context is not None and _context.leader and not _in_stage:
+        send(None)
+    _context = None
 
 
-def leave(timeout: float = 30.0) -> None:
-    """destroy_process_group, bounded: gloo's blocked forever once in a suite run when the other rank
-    had already left (the leader hung after a failed run); the process exits right after, so a
-    bounded wait loses nothing."""
-    thread = threading.Thread(target=dist.destroy_process_group, daemon=True)
-    thread.start()
-    thread.join(timeout)
+def exit_now(code: int) -> None:
+    """End a torchrun process without tearing the process group down: gloo's destructor blocked
+    forever, holding the GIL, when the other rank had left first (seen in suite runs, on the leader
+    and on success). Everything this process wrote is closed; os._exit skips only that teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def sync_from_leader(model: nn.Module) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsify_mlflow.distributed import EXIT_FILE_ENV, Context, leave, receive
+from sparsify_mlflow.distributed import EXIT_FILE_ENV, Context, receive
 
 
 def launch(nproc: int, argv: list[str]) -> int:
@@ -59,6 +59,5 @@ def serve(ctx: Context) -> int:
                             resume_from=resume)
             train(copy.deepcopy(model), case, data, scope, stage, ctx.device)
     finally:
-        leave()
         logs.cleanup()
     return 0
