@@ -98,11 +98,11 @@ def run_training(args: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.proc import RssSampler, maxrss_mb
     from sparsify_mlflow.levels import plan_recipe, recipe_yaml
     from sparsify_mlflow.training import Stage, train
-    from sparsify_mlflow.usecases.image_classification import ImageClassification
+    from sparsify_mlflow.usecases import resolve
     from sparsify_mlflow.usecases.vision import build_vision_model
 
     kind = args["kind"]
-    use_case = ImageClassification()
+    use_case = resolve("cv-classification")
     data = _data(args)
     torch.manual_seed(0)
     model, _ = build_vision_model(args["model"], NUM_CLASSES, pretrained=False)
