@@ -278,7 +278,7 @@ def promote(registered_model_name: str, version: str | None, alias: str | None, 
               show_default=True, help="Engine(s); DeepSparse falls back to ONNX Runtime where it cannot run.")
 @click.option("--iterations", type=int, default=30, show_default=True,
               help="Timed batches per engine and batch size, over all rounds.")
-@click.option("--rounds", type=OPT_INT, default=5, show_default=True, help="Alternating rounds of the benchmark session.")
+@click.option("--rounds", type=OPT_INT, default=7, show_default=True, help="Alternating rounds of the benchmark session.")
 @click.option("--num-cores", type=OPT_INT, default=None,
               help="Cores (threads) the engines use (default: every physical core available).")
 @click.option("--experiment-name", default=None,

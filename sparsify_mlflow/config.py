@@ -108,7 +108,7 @@ class ExperimentConfig:
     benchmark_batch_size: int = option(16, "Batch size of the throughput benchmark.", check=positive_int)
     benchmark_iterations: int = option(30, "Timed batches per model, engine and batch size, over all rounds.",
                                        check=positive_int)
-    benchmark_rounds: int = option(5, "Alternating rounds of the benchmark session; a speedup is the median of "
+    benchmark_rounds: int = option(7, "Alternating rounds of the benchmark session; a speedup is the median of "
                                    "the per-round ratios.", check=positive_int)
     num_cores: int | None = option(None, "Cores (threads) the inference engines use (default: every physical core "
                                    "available).", check=positive_int)

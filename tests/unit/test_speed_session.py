@@ -113,6 +113,10 @@ def test_reliability_names_the_cause(chains) -> None:
     assert not verdict.reliable and "other processes used 0.90" in verdict.reason and "--num-cores" in verdict.reason
     spread = quiet.reliability({"speedup.deepsparse.bs1": Ratio(1.0, 0.4, 1.8, (0.4, 1.0, 1.8))})
     assert not spread.reliable and "ranged 0.40x-1.80x" in spread.reason
+    stray = (2.0, 2.1, 1.9, 2.0, 4.2, 2.05, 1.95)  # one round twice off, as a tiny model's bs1 on a VM
+    assert quiet.reliability({"speedup.deepsparse.bs1": Ratio(2.0, 1.9, 4.2, stray)}).reliable
+    wide = (1.0, 1.6, 2.0, 2.4, 3.0, 1.2, 2.8)  # the middle half spans more than half the median
+    assert not quiet.reliability({"speedup.deepsparse.bs1": Ratio(2.0, 1.0, 3.0, wide)}).reliable
     from sparsify_mlflow.benchmark import BenchmarkResult
 
     one = BenchmarkResult("onnxruntime", 1, 2, 1.0, 1.0, 0.0, 1.0, 1000.0, 10, 1, 0.0, None)
