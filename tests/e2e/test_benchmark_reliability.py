@@ -25,10 +25,10 @@ ARGS = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size
 BURN = "while True: pass"
 
 
-def experiment(image_folder: Path, store: str, tmp_path: Path, name: str) -> dict:
+def experiment(image_folder: Path, store: str, tmp_path: Path, name: str, *extra: str) -> dict:
     summary = tmp_path / f"{name}.json"
     assert main(["training-aware", "--data", str(image_folder), "--tracking-uri", store, "--working-dir",
-                 str(tmp_path), "--summary-json", str(summary), "--registered-model-name", name, *ARGS]) == 0
+                 str(tmp_path), "--summary-json", str(summary), "--registered-model-name", name, *ARGS, *extra]) == 0
     return json.loads(summary.read_text())
 
 
@@ -41,7 +41,9 @@ def test_busy_machine_marks_the_speedups_unreliable_and_promotion_refuses(image_
     cpus = __import__("os").sched_getaffinity(0)
     burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in cpus]  # one per CPU we run on
     try:
-        summary = experiment(image_folder, store, tmp_path, "busy")
+        # the load alone must flag it: a short session (everything runs 2-100x slower beside the burners)
+        summary = experiment(image_folder, store, tmp_path, "busy", "--benchmark-rounds", "3",
+                             "--benchmark-iterations", "9")
     finally:
         for proc in burners:
             proc.kill()
