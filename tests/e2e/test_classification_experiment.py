@@ -31,7 +31,7 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
     for name in ("dense.accuracy", "sparse.accuracy", "sparse.onnx.accuracy", "main_drop",
                  "sparse.deepsparse.bs1.latency_ms_median", "sparse.deepsparse.bs4.items_per_second",
                  "dense.onnxruntime.bs1.latency_ms_median", "speedup.deepsparse.bs1",
-                 "sparse.size.onnx_gzip_bytes", "sparse.deepsparse.bs1.fraction_of_supported_ops"):
+                 "sparse.size.onnx_gzip_mb", "sparse.deepsparse.bs1.fraction_of_supported_ops"):
         assert name in metrics, name
     assert metrics["sparse.deepsparse.bs1.fraction_of_supported_ops"] == 1.0
     assert abs(metrics["sparse.sparsity.exported"] - target) <= 0.02
