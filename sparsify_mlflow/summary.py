@@ -76,7 +76,7 @@ def summary_rows(result: ExperimentResult) -> list[tuple[str, str, str, str]]:
 
 def points(drop: float) -> str:
     """A drop of the main metric as the change a reader expects: a gain reads as a gain."""
-    return f"{-drop:+.2f} pt"
+    return f"{-drop + 0.0:+.2f} pt"  # + 0.0: no drop reads +0.00, not -0.00
 
 
 def _yes(value: bool) -> str:

@@ -111,3 +111,10 @@ def test_a_level_slower_than_dense_is_never_recommended_on_speed() -> None:
     pick = recommend([DENSE, slow], max_metric_drop=1.0, engine="deepsparse")
     assert pick.index is None
     assert pick.reason.startswith("no level is faster than the dense model on deepsparse") and "0.62x" in pick.reason
+
+
+def test_a_change_in_points_reads_as_a_gain_or_a_loss() -> None:
+    from sparsify_mlflow.summary import points
+
+    assert points(1.5) == "-1.50 pt" and points(-3.9) == "+3.90 pt"
+    assert points(0.0) == "+0.00 pt" == points(-0.0)  # no change is not a loss
