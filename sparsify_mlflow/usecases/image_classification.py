@@ -22,9 +22,11 @@ from sparsify_mlflow.usecases.base import (
     UseCase,
     classification_metrics,
     collect_predictions,
+    pinned_requirements,
 )
 from sparsify_mlflow.usecases.vision import VisionOptions, build_vision_model
 
+PYFUNC_FILE = Path(__file__).with_name("image_pyfunc.py")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The embedded digits are 8x8 scans, upscaled. At 32 px ResNet's last stage is 1x1, and DeepSparse
@@ -146,6 +148,27 @@ class ImageClassification(UseCase):
         }
         prune = tuple(f"{n}.weight" for n, _ in layers if f"{n}.weight" not in keep)
         return PruningScope(prune=prune, keep_dense=keep)
+
+    def serving_model(self, data: DataBundle, folder: Path) -> dict[str, Any]:
+        """What to register: a pyfunc that takes images (base64 text, bytes, paths, arrays), applies the
+        validation preprocessing and runs model.onnx (see image_pyfunc.py): labels travel in config.json."""
+        import base64
+
+        import pandas as pd
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        example = base64.b64encode(Path(data.val.samples[0][0]).read_bytes()).decode()
+        return {
+            "python_model": PYFUNC_FILE,
+            "artifacts": {"model": str(folder / "model.onnx"), "config": str(folder / "config.json")},
+            "input_example": pd.DataFrame({"image": [example]}),
+            "signature": ModelSignature(Schema([ColSpec("string", "image")]),
+                                        Schema([ColSpec("string", "label"), ColSpec("double", "score"),
+                                                ColSpec("long", "label_id")])),
+            "model_config": {"engine": "onnxruntime"},  # load_model(..., model_config={"engine": "deepsparse"})
+            "pip_requirements": pinned_requirements("numpy", "pandas", "pillow", "onnxruntime"),
+        }
 
     def deployment_config(self, data: DataBundle) -> dict[str, Any]:
         return {

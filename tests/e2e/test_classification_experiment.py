@@ -58,6 +58,40 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
         assert contexts == {"training": fingerprint, "validation": fingerprint}, run.info.run_name
 
 
+def assert_serves_raw_images(store: str, image_folder: Path, tmp_path: Path) -> None:
+    """The registered model takes image files as users have them (base64 text, paths, arrays), preprocesses
+    them as validation did (the same pixels as torchvision's transform) and answers with the class names,
+    in Python and over HTTP from `mlflow models serve`."""
+    import base64
+
+    import mlflow.pyfunc
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from helpers.servers import invoke, served_model
+
+    files = sorted(image_folder.rglob("*.png"))[:3]
+    classes = {f.parent.name for f in image_folder.rglob("*.png")}  # <split>/<class>/<image>.png
+    model = mlflow.pyfunc.load_model("models:/tiny@candidate")
+    encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
+    answer = model.predict({"image": encoded})
+    assert list(answer.columns) == ["label", "score", "label_id"] and set(answer["label"]) <= set(classes)
+    assert ((answer["score"] > 0) & (answer["score"] <= 1)).all()
+    assert model.predict({"image": [str(f) for f in files]})["label"].tolist() == answer["label"].tolist()
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    assert model.predict({"image": arrays})["label"].tolist() == answer["label"].tolist()
+    pre = model.unwrap_python_model()
+    torchvision = T.Compose([T.Resize(pre.resize), T.CenterCrop(pre.size), T.ToTensor(),
+                             T.Normalize(pre.mean.ravel().tolist(), pre.std.ravel().tolist())])
+    with Image.open(files[0]) as image:
+        assert np.allclose(pre.preprocess(image.convert("RGB")), torchvision(image.convert("RGB")).numpy(),
+                           atol=1e-5)
+    with served_model("models:/tiny@candidate", store, tmp_path) as url:
+        served = invoke(url, {"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}})
+    assert [row["label"] for row in served["predictions"]] == answer["label"].tolist()
+
+
 def run_cli(*args: str) -> None:
     assert main(list(args)) == 0
 
@@ -77,12 +111,7 @@ def test_cli_end_to_end_then_a_second_level_reuses_the_baseline(image_folder: Pa
     assert {"sparsity", "accuracy", "main_drop", "speedup", "recipe_sha256", "data_fingerprint"} <= set(version.tags)
     assert "optim level 0.5" in version.description and "% sparse + INT8" in version.description
 
-    import mlflow.pyfunc  # the registered model serves predictions through the onnx flavor
-    import numpy as np
-
-    model = mlflow.pyfunc.load_model("models:/tiny@candidate")
-    images = np.zeros((2, 3, 32, 32), dtype=np.float32)
-    assert np.asarray(model.predict({"input": images})["logits"]).shape == (2, 2)
+    assert_serves_raw_images(store, image_folder, tmp_path)
 
     second_path = tmp_path / "second.json"
     run_cli("training-aware", "--data", str(image_folder), "--optim-level", "0.3", "--tracking-uri", store,

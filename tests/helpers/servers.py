@@ -19,6 +19,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,3 +190,42 @@ def auth_config(folder: Path, database_uri: str, admin_password: str) -> Path:
 def scratch_folder(prefix: str) -> Path:
     """A folder under the system temp dir that the postgres user can reach (pytest's tmp is 0700)."""
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+@contextmanager
+def served_model(model_uri: str, store: str, cwd: Path, timeout: float = 180) -> Iterator[str]:
+    """`mlflow models serve -m MODEL_URI --env-manager local` on a free port; yields its base URL."""
+    port = free_port()
+    log = open(cwd / f"serve-{port}.log", "ab")
+    env = os.environ | {"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store,
+                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
+                                "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"],
+                               cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = (cwd / f"serve-{port}.log").read_text()[-3000:]
+                    raise RuntimeError(f"mlflow models serve did not come up: {tail}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        log.close()
+
+
+def invoke(url: str, payload: dict) -> dict:
+    """POST a JSON payload to the served model's /invocations; the decoded answer."""
+    import json
+
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())

@@ -28,6 +28,7 @@ from sparsify_mlflow.usecases.base import (
     Predictor,
     classification_metrics,
     collect_predictions,
+    pinned_requirements,
 )
 from sparsify_mlflow.usecases.nlp.transformer_task import (
     TRUNCATION_WARNING,
@@ -195,7 +196,7 @@ class TextClassification(TransformerTask):
             "input_example": pd.DataFrame(example),
             "signature": ModelSignature(Schema(inputs), Schema(outputs)),
             "model_config": {"engine": "onnxruntime"},  # load_model(..., model_config={"engine": "deepsparse"})
-            "pip_requirements": _serving_requirements(),
+            "pip_requirements": pinned_requirements("numpy", "pandas", "transformers", "tokenizers", "onnxruntime"),
         }
 
 
@@ -215,18 +216,6 @@ def _fingerprint(splits: text_files.TextSplits, max_seq_length: int) -> str:
             digest.update(f"{e.label}\0{e.text}\0{e.pair or ''}\n".encode())
         digest.update(b"\1")
     return digest.hexdigest()[:16]
-
-
-def _serving_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for package in ("numpy", "pandas", "transformers", "tokenizers", "onnxruntime"):
-        try:
-            out.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            out.append(package)
-    return out
 
 
 class SentimentAnalysis(TextClassification):

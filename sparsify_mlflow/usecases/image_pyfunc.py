@@ -1,0 +1,119 @@
+"""MLflow pyfunc for a registered image classifier: images in, labels out (MLflow "models from code").
+
+MLflow copies this file into the registered model next to its artifacts (model.onnx, config.json
+with the labels and the preprocessing), so the model loads without sparsify_mlflow installed: it
+needs numpy, pandas, pillow and onnxruntime (or deepsparse).
+
+    model = mlflow.pyfunc.load_model("models:/<name>@champion")
+    model.predict(pd.DataFrame({"image": [base64.b64encode(open("cat.png", "rb").read()).decode()]}))
+    model.predict({"image": ["cat.png"]})          # file paths, raw bytes or HxWx3 uint8 arrays too
+    mlflow.pyfunc.load_model(uri, model_config={"engine": "deepsparse"})
+
+Over HTTP (`mlflow models serve -m models:/<name>@champion --env-manager local`):
+
+    curl -X POST localhost:5000/invocations -H 'Content-Type: application/json' \
+      -d "{\"dataframe_split\": {\"columns\": [\"image\"], \"data\": [[\"$(base64 -w0 cat.png)\"]]}}"
+
+The preprocessing is the validation transform of training (resize the shorter side, center crop,
+scale to [0, 1], normalize), written with PIL and numpy to give the same pixels as torchvision.
+The result is a DataFrame with `label`, `score` (softmax probability) and `label_id`. This file
+must not import sparsify_mlflow.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        with open(context.artifacts["config"], encoding="utf-8") as fh:
+            config = json.load(fh)
+        self.labels = list(config["labels"])
+        pre = config["preprocessing"]
+        self.size, self.resize = int(pre["image_size"]), int(pre["resize"])
+        self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
+        self.engine = (getattr(context, "model_config", None) or {}).get("engine", "onnxruntime")
+        path = context.artifacts["model"]
+        if self.engine == "deepsparse":
+            import deepsparse
+
+            self._session = deepsparse.compile_model(path, batch_size=1)
+        else:
+            import onnxruntime as ort
+
+            self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            self.input_name = self._session.get_inputs()[0].name
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
+        batch = np.stack([self.preprocess(_image(item)) for item in _items(model_input)])
+        if self.engine == "deepsparse":  # compiled for batch size 1
+            logits = np.concatenate([self._session.run([batch[i:i + 1]])[0] for i in range(len(batch))])
+        else:
+            logits = self._session.run(None, {self.input_name: batch})[0]
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        ids = probs.argmax(axis=1)
+        return pd.DataFrame({"label": [self.labels[i] for i in ids],
+                             "score": probs[np.arange(len(ids)), ids].astype(float),
+                             "label_id": ids.astype(int)})
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """torchvision's Resize(resize) -> CenterCrop(size) -> ToTensor -> Normalize, on a PIL RGB image."""
+        from PIL import Image
+
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(self.resize * long / short)
+        new_w, new_h = (self.resize, new_long) if w <= h else (new_long, self.resize)
+        image = image.resize((new_w, new_h), Image.BILINEAR)
+        top, left = int(round((new_h - self.size) / 2.0)), int(round((new_w - self.size) / 2.0))
+        image = image.crop((left, top, left + self.size, top + self.size))
+        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        return np.ascontiguousarray((pixels - self.mean) / self.std, dtype=np.float32)
+
+
+def _items(model_input: Any) -> list[Any]:
+    """The images of a DataFrame (column `image`, or the first), a dict, a list or a single image."""
+    if isinstance(model_input, dict):
+        model_input = model_input.get("image", next(iter(model_input.values())))
+    if isinstance(model_input, pd.DataFrame):
+        column = "image" if "image" in model_input.columns else model_input.columns[0]
+        model_input = model_input[column]
+    if _is_one_image(model_input):
+        return [model_input]
+    out: list[Any] = []  # MLflow turns {"image": [a, b]} into one row holding the list: flatten such cells
+    for value in model_input:
+        out.extend([value] if _is_one_image(value) else list(value))
+    return out
+
+
+def _is_one_image(value: Any) -> bool:
+    return isinstance(value, (str, bytes)) or (isinstance(value, np.ndarray) and value.dtype != object
+                                               and value.ndim in (2, 3))
+
+
+def _image(item: Any) -> Any:
+    """A PIL RGB image from base64 text, raw bytes, a file path or an HxWx3 (or HxW) uint8 array."""
+    from PIL import Image
+
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(item.astype(np.uint8)).convert("RGB")
+    if isinstance(item, str):
+        try:
+            item = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            with open(item, "rb") as fh:  # not base64: a file path
+                item = fh.read()
+    return Image.open(io.BytesIO(bytes(item))).convert("RGB")
+
+
+mlflow.models.set_model(ImageClassifier())
