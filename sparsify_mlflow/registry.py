@@ -36,8 +36,10 @@ def register_onnx(
     tags: dict[str, str],
     description: str,
     alias: str | None = CANDIDATE_ALIAS,
+    extra_files: list[Path] | None = None,
 ) -> RegisteredVersion:
-    """Log the ONNX model (onnx flavor, signature, input example) in the active run and register it."""
+    """Log the ONNX model (onnx flavor, signature, input example) in the active run and register it;
+    `extra_files` (the QDQ twin) go into the model's `extra_files/` folder."""
     import onnx
     from mlflow.models import infer_signature
 
@@ -50,6 +52,7 @@ def register_onnx(
         input_example=example_inputs,
         save_as_external_data=False,
         onnx_execution_providers=["CPUExecutionProvider"],  # the models are built for CPU engines
+        extra_files=[str(f) for f in extra_files] if extra_files else None,
     )
     return _tag_and_alias(name, str(info.registered_model_version), tags, description, alias)
 

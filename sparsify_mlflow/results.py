@@ -34,6 +34,15 @@ def epoch_stats_from_dict(row: dict, main_metric: str | None) -> EpochStats:
 
 
 @dataclass
+class Qdq:
+    """The canonical QDQ INT8 file written beside an INT8 export (qdq.export_qdq), and its check."""
+
+    path: Path
+    metrics: Metrics                       # validation split, on `engine`
+    engine: str                            # OpenVINO where it compiles the file, else ONNX Runtime
+
+
+@dataclass
 class ModelReport:
     """One side of the comparison (dense baseline or training-aware model), as logged."""
 
@@ -50,11 +59,19 @@ class ModelReport:
     train_seconds: float
     reused_from_run: str | None = None
     notes: list[str] = field(default_factory=list)
+    qdq: Qdq | None = None                 # the QDQ twin of an INT8 export (what OpenVINO runs)
+
+    def file_for(self, engine: str) -> Path:
+        """The file `engine` deploys: OpenVINO the QDQ twin where there is one, the others the export."""
+        return self.qdq.path if engine == "openvino" and self.qdq is not None else self.exported.path
 
     def flat_metrics(self) -> dict[str, float]:
         """The same names on child runs (bare) and on the parent (prefixed dense./sparse.)."""
         out = {"main": self.metrics.main, **self.metrics.values}
         out.update({f"onnx.{k}": v for k, v in self.onnx_metrics.values.items()})
+        if self.qdq is not None:
+            out.update({f"onnx_qdq.{k}": v for k, v in self.qdq.metrics.values.items()})
+            out["size.onnx_qdq_bytes"] = self.qdq.path.stat().st_size
         out.update({
             "sparsity.pruned_layers": self.sparsity,
             "sparsity.exported": self.exported.weight_sparsity,
