@@ -58,12 +58,8 @@ class ModelReport:
     sparsity: float                        # over the pruned layers, PyTorch
     train_seconds: float
     reused_from_run: str | None = None
-    notes: list[str] = field(default_factory=list)
     qdq: Qdq | None = None                 # the QDQ twin of an INT8 export (what OpenVINO runs)
-
-    def file_for(self, engine: str) -> Path:
-        """The file `engine` deploys: OpenVINO the QDQ twin where there is one, the others the export."""
-        return self.qdq.path if engine == "openvino" and self.qdq is not None else self.exported.path
+    notes: list[str] = field(default_factory=list)
 
     def flat_metrics(self) -> dict[str, float]:
         """The same names on child runs (bare) and on the parent (prefixed dense./sparse.)."""
@@ -82,6 +78,10 @@ class ModelReport:
         for key, result in self.benchmarks.items():
             out.update(result.as_metrics(key))
         return out
+
+    def file_for(self, engine: str) -> Path:
+        """The file `engine` deploys: OpenVINO the QDQ twin where there is one, the others the export."""
+        return self.qdq.path if engine == "openvino" and self.qdq is not None else self.exported.path
 
 
 @dataclass
