@@ -229,7 +229,7 @@ def measure_speed(session: Session, dense: ModelReport, candidates: dict[str, Mo
     files = {label: rep.exported.path for label, rep in timed.items()}
     with_openvino = cfg.deploy_engine == "deepsparse" and openvino_status()[0]
     engines = {label: (cfg.deploy_engine, *(("openvino",) if with_openvino else ())) for label in files}
-    engine_files = {label: {"openvino": rep.file_for("openvino")} for label, rep in timed.items()}
+    engine_files = {label: {"openvino": _openvino_file(rep)} for label, rep in timed.items()}
     with stages.stage("benchmark"):  # the DeepSparse probe compiles in a child process
         entrants, notes = plan_session(files, engines, (1, cfg.benchmark_batch_size), reference="dense",
                                        num_cores=cfg.num_cores, engine_files=engine_files)
@@ -251,13 +251,18 @@ def measure_speed(session: Session, dense: ModelReport, candidates: dict[str, Mo
                 speed.layers[label] = speed.layers["dense"]
     for label, rep in timed.items():
         rep.benchmarks = speed.results(label)
-        names = {f"{path.parent.name}/{path.name}" for path in (rep.exported.path, rep.file_for("openvino"))}
+        names = {f"{path.parent.name}/{path.name}" for path in (rep.exported.path, _openvino_file(rep))}
         _log_benchmarks(rep, speed, label, [note for note in notes if any(name in note for name in names)])
     mlflow.set_tags({f"sparsify.fastest_{label}.bs{bs}": key.split(".")[0] for label in speed.measurements
                      for bs in (1, cfg.benchmark_batch_size) if (key := speed.fastest(label, bs))})
     if any(key.startswith("openvino.") for by_key in speed.measurements.values() for key in by_key):
         mlflow.set_tag("sparsify.openvino", ", ".join(f"{k} {v}" for k, v in openvino_facts().items()))
     return speed
+
+
+def _openvino_file(rep: ModelReport) -> Path:
+    """The file OpenVINO deploys: an INT8 model's QDQ twin where there is one, else the export."""
+    return rep.qdq.path if rep.qdq is not None else rep.exported.path
 
 
 def _log_benchmarks(rep: ModelReport, speed: SessionResult, label: str, notes: list[str]) -> None:

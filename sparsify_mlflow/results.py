@@ -79,10 +79,6 @@ class ModelReport:
             out.update(result.as_metrics(key))
         return out
 
-    def file_for(self, engine: str) -> Path:
-        """The file `engine` deploys: OpenVINO the QDQ twin where there is one, the others the export."""
-        return self.qdq.path if engine == "openvino" and self.qdq is not None else self.exported.path
-
 
 @dataclass
 class ExperimentResult:
