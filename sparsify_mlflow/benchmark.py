@@ -20,6 +20,7 @@ from .engines import load_engine
 __all__ = ["BenchmarkResult", "benchmark", "tile_rows"]
 
 _LOG = logging.getLogger(__name__)
+_SETTINGS = {"engine", "batch_size", "num_cores", "iterations", "warmup_iterations"}
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,13 @@ class BenchmarkResult:
     fraction_of_supported_ops: float | None  # DeepSparse only
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        """Flat numeric dict for ``mlflow.log_metrics``: "<prefix>.<field>" (engine name omitted)."""
+        """The measured figures for ``mlflow.log_metrics``: "<prefix>.<field>". The settings (engine, batch
+        size, cores, iteration counts) are not metrics: the key names the first two, params the rest."""
         head = f"{prefix}." if prefix else ""
         return {
             f"{head}{key}": float(value)
             for key, value in asdict(self).items()
-            if key != "engine" and value is not None
+            if key not in _SETTINGS and value is not None
         }
 
 

@@ -34,11 +34,20 @@ from sparsify_mlflow.engines import (
     predict_batches,
 )
 from sparsify_mlflow.export import export_onnx
+from sparsify_mlflow.headline import headline_speedup, model_name
 from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
 from sparsify_mlflow.options import given
 from sparsify_mlflow.qdq import QDQ_FILE, QdqError, export_qdq
 from sparsify_mlflow.recipe_facts import check_qat_steps, plan_from_recipe, recipe_facts
-from sparsify_mlflow.registry import CANDIDATE_ALIAS, RegisteredVersion, register_onnx, register_pyfunc
+from sparsify_mlflow.registry import (
+    CANDIDATE_ALIAS,
+    LoggedModel,
+    find_logged_model,
+    link_metrics,
+    log_onnx,
+    log_pyfunc,
+    register,
+)
 from sparsify_mlflow.results import EpochStats, ExperimentResult, ModelReport, Qdq, epoch_stats_from_dict
 from sparsify_mlflow.resume import CONFIG_ARTIFACT, FOLDER_TAG, RESUMED_TAG, ResumePoint, mark_alive, stage_key
 from sparsify_mlflow.speed_session import Reliability, SessionResult, plan_session, run_session
@@ -193,6 +202,7 @@ def train_dense_baseline(session: Session, folder: Path) -> _Trained:
         tracking.log_json([asdict(h) for h in history], "history.json")
         report_ = _finish_model(session, cfg, model, "dense", child.info.run_id, history, seconds, work)
         report_.reused_from_run = None if own else cached
+        report_.logged_model = _dense_logged_model(session, report_, plan, cached)
         mlflow.set_tag(BASELINE_KEY_TAG, key)  # only now: a failed run must not be found as a cache
     return _Trained(report_, model)
 
@@ -257,6 +267,9 @@ def measure_speed(session: Session, dense: ModelReport, candidates: dict[str, Mo
                      for bs in (1, cfg.benchmark_batch_size) if (key := speed.fastest(label, bs))})
     if any(key.startswith("openvino.") for by_key in speed.measurements.values() for key in by_key):
         mlflow.set_tag("sparsify.openvino", ", ".join(f"{k} {v}" for k, v in openvino_facts().items()))
+    if dense.logged_model is not None:  # the candidates' models are logged when they conclude
+        link_metrics(dense.logged_model, dense.run_id,
+                     dense.headline(None, cfg.deploy_engine, cfg.benchmark_batch_size) | dense.engine_figures())
     return speed
 
 
@@ -288,6 +301,7 @@ def conclude_level(session: Session, cfg: ExperimentConfig, dense: _Trained, spa
     if sparse is dense:
         notes.append("optim level 0: no sparsification; the dense baseline is the result")
     comparison, reliability = compare(dense.report, sparse.report, speed, label)
+    tracking.log_metrics(sparse.report.headline(comparison, cfg.deploy_engine, cfg.benchmark_batch_size))
     tracking.log_metrics(comparison)
     mlflow.set_tags(reliability.tags())
     if not reliability.reliable:
@@ -307,11 +321,16 @@ def conclude_level(session: Session, cfg: ExperimentConfig, dense: _Trained, spa
         mlflow.log_artifacts(str(folder), artifact_path="experiment")  # the folder as written, nothing else
     result = ExperimentResult(cfg, run_id, session.experiment_id, session.tracking_uri, plan,
                               dense.report, sparse.report, comparison, folder, deployment, reliability, notes=notes)
-    if cfg.register:
-        with stages.stage("registration"):
-            result.registered = _register(cfg, use_case, data, result, recipe, alias)
-        mlflow.set_tags({"sparsify.registered_model": result.registered.name,
-                         "sparsify.registered_version": result.registered.version})
+    with stages.stage("registration"):
+        result.sparse.logged_model = _log_result_model(cfg, use_case, data, result, recipe)
+        mlflow.set_tag("sparsify.model_id", result.sparse.logged_model.model_id)
+        if cfg.register:
+            result.registered = register(result.sparse.logged_model,
+                                         cfg.registered_model_name or f"{use_case.name}-{Path(cfg.model).stem}",
+                                         tags=registry_tags(cfg, use_case, data, result, recipe),
+                                         description=_description(cfg, use_case, result), alias=alias)
+            mlflow.set_tags({"sparsify.registered_model": result.registered.name,
+                             "sparsify.registered_version": result.registered.version})
     return result
 
 
@@ -478,16 +497,6 @@ def compare(dense: ModelReport, sparse: ModelReport, speed: SessionResult, label
     return out, speed.reliability(ratios)
 
 
-def headline_speedup(comparison: dict[str, float], engine: str, batch_size: int) -> tuple[str, float] | None:
-    """(engine, ratio) of the same-engine speedup at `batch_size`: the deploy engine's, else ONNX Runtime's
-    (where DeepSparse could not compile a file, both models were timed there)."""
-    for name in (engine, "onnxruntime"):
-        value = comparison.get(f"speedup.{name}.bs{batch_size}")
-        if value is not None:
-            return name, value
-    return None
-
-
 def _baseline_key(cfg: ExperimentConfig, data: DataBundle) -> str:
     """What makes two dense baselines the same: model (its content, for a local file or folder), data,
     schedule, seed and the number of training processes (DDP changes the per-rank batches)."""
@@ -523,24 +532,53 @@ def _history_from_json(text: str, main_metric: str | None) -> list[EpochStats]:
     return [epoch_stats_from_dict(row, main_metric) for row in json.loads(text)]
 
 
-def _register(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result: ExperimentResult,
-              recipe: str, alias: str | None = CANDIDATE_ALIAS) -> RegisteredVersion:
-    """Register the sparse ONNX model in its own run, tagged with what a reviewer compares."""
+def _dense_logged_model(session: Session, dense: ModelReport, plan: RecipePlan, trained_in: str | None
+                        ) -> LoggedModel:
+    """The dense baseline's LoggedModel (logged, not registered); a reused baseline links to the model
+    logged where it was trained, not to a copy."""
+    name = model_name(session.cfg.model)
+    if trained_in is not None and (found := find_logged_model(session.experiment_id, trained_in, name)) is not None:
+        return found
+    return log_onnx(dense.exported.path, name, params=model_params(session.cfg, session.use_case, session.data, plan,
+                                                                   recipe_yaml(plan)))
+
+
+def _log_result_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result: ExperimentResult,
+                      recipe: str) -> LoggedModel:
+    """The level's file as a LoggedModel of its run, named by the scheme, with its figures linked: a pyfunc
+    where the use case serves raw inputs (text), else the ONNX model with a signature and an input example."""
     sparse = result.sparse
-    input_names, output_names = use_case.io_names(data)
-    inputs = dict(zip(input_names, use_case.sample_inputs(data, 2)))
-    engine = load_engine(sparse.exported.path, "onnxruntime", batch_size=2)
-    outputs = dict(zip(output_names, engine.run(list(inputs.values()))))
-    name = cfg.registered_model_name or f"{use_case.name}-{Path(cfg.model).stem}"
-    tags = registry_tags(cfg, use_case, data, result, recipe)
-    description = _description(cfg, use_case, result)
+    name = model_name(cfg.model, result.plan, sparse.exported.weight_sparsity, sparse.exported.quantized)
+    params = model_params(cfg, use_case, data, result.plan, recipe)
     with mlflow.start_run(run_id=sparse.run_id, nested=True):
-        serving = use_case.serving_model(data, result.deployment_dir)  # raw inputs in (text): a pyfunc
+        serving = use_case.serving_model(data, result.deployment_dir)
         if serving is not None:
-            return register_pyfunc(name=name, tags=tags, description=description, alias=alias, **serving)
-        return register_onnx(sparse.exported.path, name, example_inputs=inputs, example_outputs=outputs,
-                             tags=tags, description=description, alias=alias,
-                             extra_files=[sparse.qdq.path] if sparse.qdq else [])
+            logged = log_pyfunc(name, params=params, **serving)
+        else:
+            input_names, output_names = use_case.io_names(data)
+            inputs = dict(zip(input_names, use_case.sample_inputs(data, 2)))
+            engine = load_engine(sparse.exported.path, "onnxruntime", batch_size=2)
+            outputs = dict(zip(output_names, engine.run(list(inputs.values()))))
+            logged = log_onnx(sparse.exported.path, name, example_inputs=inputs, example_outputs=outputs,
+                              params=params, extra_files=[sparse.qdq.path] if sparse.qdq else None)
+    link_metrics(logged, sparse.run_id, sparse.headline(result.comparison, cfg.deploy_engine, cfg.benchmark_batch_size)
+                 | sparse.engine_figures())
+    return logged
+
+
+def model_params(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, plan: RecipePlan, recipe: str
+                 ) -> dict[str, str]:
+    """A LoggedModel's params: what it is (use case, model, level, sparsity target, mask, recipe, data) and
+    the settings its linked figures were measured with."""
+    return {
+        "use_case": use_case.name, "model": cfg.model,
+        "optim_level": "" if plan.optim_level is None else f"{plan.optim_level:g}",
+        "target_sparsity": f"{plan.target_sparsity:g}", "mask_type": plan.mask_type or "none",
+        "int8": str(plan.quantize).lower(), "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest()[:16],
+        "data_fingerprint": data.fingerprint, "deploy_engine": cfg.deploy_engine,
+        "benchmark.batch_size": str(cfg.benchmark_batch_size), "benchmark.iterations": str(cfg.benchmark_iterations),
+        "benchmark.rounds": str(cfg.benchmark_rounds), "benchmark.num_cores": str(cfg.num_cores or "all physical"),
+    }
 
 
 def registry_tags(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, result: ExperimentResult,

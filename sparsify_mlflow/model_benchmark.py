@@ -24,6 +24,7 @@ from sparsify_mlflow import remote, tracking
 from sparsify_mlflow.benchmark import BenchmarkResult
 from sparsify_mlflow.engines import cpu_info, deepsparse_status, openvino_status
 from sparsify_mlflow.errors import ConfigError, UserError
+from sparsify_mlflow.headline import MB
 from sparsify_mlflow.qdq import QDQ_FILE
 from sparsify_mlflow.speed_session import DEFAULT_ROUNDS, Entrant, Reliability, plan_session, run_session
 
@@ -114,7 +115,7 @@ def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 1
             speed = run_session(entrants, rows, iterations=iterations, rounds=rounds, num_cores=num_cores)
             results = speed.results(LABEL)
             reliability = speed.reliability()
-            metrics = {"size.onnx_bytes": float(onnx_path.stat().st_size), **speed.load.as_metrics()}
+            metrics = {"size.onnx_mb": onnx_path.stat().st_size / MB, **speed.load.as_metrics()}
             for key, result in results.items():
                 metrics.update(result.as_metrics(key))
             _log_metrics(mv, metrics)

@@ -1,4 +1,5 @@
-"""Model registry: register the exported ONNX model with tags, a description and an alias.
+"""Models in MLflow: each exported file logged as a named LoggedModel, the result registered with
+tags, a description and an alias.
 
 Registration is the last step of an experiment and is all-or-nothing: if tagging or aliasing
 fails after the version was created, the version is deleted again.
@@ -27,67 +28,79 @@ class RegisteredVersion:
     model_uri: str          # models:/NAME@ALIAS, or models:/NAME/VERSION without an alias
 
 
-def register_onnx(
-    onnx_path: Path,
-    name: str,
-    *,
-    example_inputs: dict[str, np.ndarray],
-    example_outputs: dict[str, np.ndarray],
-    tags: dict[str, str],
-    description: str,
-    alias: str | None = CANDIDATE_ALIAS,
-    extra_files: list[Path] | None = None,
-) -> RegisteredVersion:
-    """Log the ONNX model (onnx flavor, signature, input example) in the active run and register it;
-    `extra_files` (the QDQ twin) go into the model's `extra_files/` folder."""
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model logged in a run (an MLflow 3 LoggedModel): what registration and linked metrics point at."""
+
+    name: str
+    model_id: str
+    model_uri: str          # models:/<model_id>
+
+
+def log_onnx(onnx_path: Path, name: str, *, example_inputs: dict[str, np.ndarray] | None = None,
+             example_outputs: dict[str, np.ndarray] | None = None, params: dict[str, str],
+             extra_files: list[Path] | None = None) -> LoggedModel:
+    """Log the ONNX file (onnx flavor; a signature and input example when given) as a LoggedModel of
+    the active run, named `name`; `extra_files` (the QDQ twin) go into the model's `extra_files/` folder."""
     import onnx
     from mlflow.models import infer_signature
 
-    signature = infer_signature(example_inputs, example_outputs)
+    signature = None if example_inputs is None else infer_signature(example_inputs, example_outputs)
     info = mlflow.onnx.log_model(
         onnx.load(str(onnx_path)),
-        name="model",
-        registered_model_name=name,
+        name=name,
         signature=signature,
         input_example=example_inputs,
+        params=params,
         save_as_external_data=False,
         onnx_execution_providers=["CPUExecutionProvider"],  # the models are built for CPU engines
         extra_files=[str(f) for f in extra_files] if extra_files else None,
     )
-    return _tag_and_alias(name, str(info.registered_model_version), tags, description, alias)
+    return LoggedModel(name, info.model_id, info.model_uri)
 
 
-def register_pyfunc(
-    name: str,
-    *,
-    python_model: Path,
-    artifacts: dict[str, str],
-    input_example: Any,
-    signature: Any,
-    pip_requirements: list[str],
-    tags: dict[str, str],
-    description: str,
-    model_config: dict[str, Any] | None = None,
-    alias: str | None = CANDIDATE_ALIAS,
-) -> RegisteredVersion:
+def log_pyfunc(name: str, *, python_model: Path, artifacts: dict[str, str], input_example: Any, signature: Any,
+               pip_requirements: list[str], params: dict[str, str], model_config: dict[str, Any] | None = None
+               ) -> LoggedModel:
     """Log a pyfunc ("models from code": `python_model` is a .py file calling mlflow.models.set_model)
-    with its artifacts (e.g. model.onnx + tokenizer) in the active run and register it.
+    with its artifacts (e.g. model.onnx + tokenizer) as a LoggedModel of the active run.
 
     For use cases whose users predict on raw inputs (text), not on tensors.
     """
     with warnings.catch_warnings():  # the explicit signature is the schema; no type-hint inference wanted
         warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
         info = mlflow.pyfunc.log_model(
-            name="model",
+            name=name,
             python_model=str(python_model),
             artifacts=artifacts,
             input_example=input_example,
             signature=signature,
             pip_requirements=pip_requirements,
             model_config=model_config,  # defaults a caller may override at load time
-            registered_model_name=name,
+            params=params,
         )
-    return _tag_and_alias(name, str(info.registered_model_version), tags, description, alias)
+    return LoggedModel(name, info.model_id, info.model_uri)
+
+
+def find_logged_model(experiment_id: str, run_id: str, name: str) -> LoggedModel | None:
+    """The LoggedModel `name` that run `run_id` logged (a reused dense baseline's), if any."""
+    found = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
+                                        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+    return LoggedModel(name, found[0].model_id, f"models:/{found[0].model_id}") if found else None
+
+
+def link_metrics(model: LoggedModel, run_id: str, metrics: dict[str, float]) -> None:
+    """Metrics of `run_id` linked to the model (its columns on the experiment's Models page), in order."""
+    if metrics:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, run_id=run_id, model_id=model.model_id,
+                           synchronous=True)
+
+
+def register(model: LoggedModel, name: str, *, tags: dict[str, str], description: str,
+             alias: str | None = CANDIDATE_ALIAS) -> RegisteredVersion:
+    """A new version of registered model `name` pointing at the LoggedModel, tagged and aliased."""
+    version = mlflow.register_model(model.model_uri, name)
+    return _tag_and_alias(name, str(version.version), tags, description, alias)
 
 
 def _tag_and_alias(name: str, version: str, tags: dict[str, str], description: str, alias: str | None

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING
 
 from sparsify_mlflow.benchmark import BenchmarkResult
 from sparsify_mlflow.export import ExportedModel
+from sparsify_mlflow.headline import MB, headline_speedup
 from sparsify_mlflow.speed_session import Reliability
 from sparsify_mlflow.usecases.base import Metrics
 
 if TYPE_CHECKING:
     from sparsify_mlflow.config import ExperimentConfig
     from sparsify_mlflow.levels import RecipePlan
-    from sparsify_mlflow.registry import RegisteredVersion
+    from sparsify_mlflow.registry import LoggedModel, RegisteredVersion
 
 
 @dataclass
@@ -60,6 +61,7 @@ class ModelReport:
     reused_from_run: str | None = None
     qdq: Qdq | None = None                 # the QDQ twin of an INT8 export (what OpenVINO runs)
     notes: list[str] = field(default_factory=list)
+    logged_model: LoggedModel | None = None  # the file as an MLflow LoggedModel, once logged
 
     def flat_metrics(self) -> dict[str, float]:
         """The same names on child runs (bare) and on the parent (prefixed dense./sparse.)."""
@@ -67,16 +69,46 @@ class ModelReport:
         out.update({f"onnx.{k}": v for k, v in self.onnx_metrics.values.items()})
         if self.qdq is not None:
             out.update({f"onnx_qdq.{k}": v for k, v in self.qdq.metrics.values.items()})
-            out["size.onnx_qdq_bytes"] = self.qdq.path.stat().st_size
+            out["size.onnx_qdq_mb"] = self.qdq.path.stat().st_size / MB
         out.update({
             "sparsity.pruned_layers": self.sparsity,
             "sparsity.exported": self.exported.weight_sparsity,
-            "size.onnx_bytes": self.exported.size_bytes,
-            "size.onnx_gzip_bytes": self.exported.gzip_size_bytes,
+            "size.onnx_mb": self.exported.size_bytes / MB,
+            "size.onnx_gzip_mb": self.exported.gzip_size_bytes / MB,
             "train_seconds": self.train_seconds,
         })
         for key, result in self.benchmarks.items():
             out.update(result.as_metrics(key))
+        return out
+
+    def headline(self, comparison: dict[str, float] | None, engine: str, batch_size: int) -> dict[str, float]:
+        """The headline figures (sparsify_mlflow.headline). `comparison` is this model's comparison with the
+        dense one; None for the dense model itself (no drop, speedup 1 by definition). Latency and throughput
+        come from the engine whose speedup is the headline, so they describe the same measurement."""
+        out = {
+            "metric": self.onnx_metrics.main,  # the use case's main metric, on the exported file
+            "metric_drop_pt": 0.0 if comparison is None else comparison["main_drop"],
+            "sparsity": self.exported.weight_sparsity,
+            "size_mb": self.exported.size_bytes / MB,
+            "int8": float(self.exported.quantized),
+        }
+        for batch in (1, batch_size):
+            found = (engine, 1.0) if comparison is None else headline_speedup(comparison, engine, batch)
+            if found is None:
+                continue
+            out[f"speedup_bs{batch}"] = found[1]
+            result = self.benchmarks.get(f"{found[0]}.bs{batch}")
+            if result is not None:
+                out[f"latency_ms_bs{batch}" if batch == 1 else f"throughput_bs{batch}"] = (
+                    result.latency_ms_median if batch == 1 else result.items_per_second)
+        return out
+
+    def engine_figures(self) -> dict[str, float]:
+        """Latency and throughput of the file on each engine and batch size it was timed at."""
+        out: dict[str, float] = {}
+        for key, result in self.benchmarks.items():
+            out[f"{key}.latency_ms"] = result.latency_ms_median
+            out[f"{key}.items_per_second"] = result.items_per_second
         return out
 
 

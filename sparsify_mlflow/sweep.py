@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from sparsify_mlflow import experiment, pareto, report, stages, tracking
 from sparsify_mlflow.config import ExperimentConfig, parse_optim_level
 from sparsify_mlflow.errors import ConfigError, UserError
+from sparsify_mlflow.headline import MB, headline_speedup
 from sparsify_mlflow.registry import CANDIDATE_ALIAS
 from sparsify_mlflow.results import ExperimentResult, ModelReport
 from sparsify_mlflow.speed_session import RELIABLE_TAG
@@ -281,7 +282,6 @@ def _row(label: str, side: ModelReport, comparison: dict[str, float], engine: st
          recommended: bool, result: ExperimentResult | None = None) -> dict[str, Any]:
     """One line of the table; speedups only against the dense model on the same engine, with the
     engine named where DeepSparse could not compile the level (its speedup is then ONNX Runtime's)."""
-    mb = 1024 * 1024
     row: dict[str, Any] = {
         "level": label, "status": status,
         "target_sparsity": 0.0 if result is None else result.plan.target_sparsity,
@@ -292,7 +292,7 @@ def _row(label: str, side: ModelReport, comparison: dict[str, float], engine: st
         f"items_per_second_bs{bs}": None if point.throughput is None else round(point.throughput, 1),
     }
     for batch in (1, bs):
-        headline = (engine, 1.0) if result is None else experiment.headline_speedup(comparison, engine, batch)
+        headline = (engine, 1.0) if result is None else headline_speedup(comparison, engine, batch)
         name = f"speedup.{headline[0]}.bs{batch}" if headline else ""
         row[f"speedup_bs{batch}"] = None if headline is None else round(headline[1], 3)
         row[f"speedup_bs{batch}_range"] = (f"{comparison[name + '.min']:.2f}-{comparison[name + '.max']:.2f}"
@@ -300,8 +300,8 @@ def _row(label: str, side: ModelReport, comparison: dict[str, float], engine: st
         row[f"speedup_bs{batch}_engine"] = "" if headline is None else headline[0]
     row |= {
         "reliable": True if result is None else result.reliability.reliable,
-        "size_mb": round(side.exported.size_bytes / mb, 3),
-        "size_gzip_mb": round(side.exported.gzip_size_bytes / mb, 3),
+        "size_mb": round(side.exported.size_bytes / MB, 3),
+        "size_gzip_mb": round(side.exported.gzip_size_bytes / MB, 3),
         "pareto_latency": index in fronts["latency"], "pareto_throughput": index in fronts["throughput"],
         "recommended": recommended,
         "registered_version": "" if result is None or result.registered is None else result.registered.version,

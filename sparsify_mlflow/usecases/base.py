@@ -184,7 +184,7 @@ class UseCase:
         """Files the deployment folder needs beside model.onnx (e.g. a tokenizer); none by default."""
 
     def serving_model(self, data: DataBundle, folder: Path) -> dict[str, Any] | None:
-        """register_pyfunc's arguments for a model that serves raw inputs; None: the plain ONNX model."""
+        """log_pyfunc's arguments for a model that serves raw inputs; None: the plain ONNX model."""
         return None
 
     def prediction_figures(self, predictors: dict[str, Predictor], data: DataBundle) -> dict[str, Any]:

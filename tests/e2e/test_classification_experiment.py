@@ -31,7 +31,7 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
     for name in ("dense.accuracy", "sparse.accuracy", "sparse.onnx.accuracy", "main_drop",
                  "sparse.deepsparse.bs1.latency_ms_median", "sparse.deepsparse.bs4.items_per_second",
                  "dense.onnxruntime.bs1.latency_ms_median", "speedup.deepsparse.bs1",
-                 "sparse.size.onnx_gzip_bytes", "sparse.deepsparse.bs1.fraction_of_supported_ops"):
+                 "sparse.size.onnx_gzip_mb", "sparse.deepsparse.bs1.fraction_of_supported_ops"):
         assert name in metrics, name
     # the QDQ twin, on OpenVINO: its accuracy, and both models' times beside DeepSparse's
     assert {"sparse.onnx_qdq.accuracy", "sparse.openvino.bs1.latency_ms_median", "dense.openvino.bs4.items_per_second",

@@ -77,7 +77,7 @@ def assert_common(store: str, summary: dict, use_case: str, arch: str, metric_na
         assert name in metrics, name
     assert metrics["sparse.deepsparse.bs1.fraction_of_supported_ops"] == 1.0
     assert abs(metrics["sparse.sparsity.pruned_layers"] - 0.7) <= 0.01
-    assert metrics["sparse.size.onnx_bytes"] < metrics["dense.size.onnx_bytes"] / 3  # INT8 weights
+    assert metrics["sparse.size.onnx_mb"] < metrics["dense.size.onnx_mb"] / 3  # INT8 weights
     assert abs(metrics["sparse.onnx.f1"] - metrics["sparse.f1"]) <= onnx_tolerance  # the ONNX file agrees
     client = MlflowClient(tracking_uri=store)
     deployment = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "experiment/deployment")}

@@ -100,7 +100,7 @@ def test_one_parent_one_dense_training_and_a_child_per_level(sweep: Sweep) -> No
         assert float(run.data.params["recipe.target_sparsity"]) == target
         # the same names as a standalone training-aware parent run, so the compare view lines them up
         for name in ("main_drop", "dense.main", "sparse.main", "sparse.deepsparse.bs1.latency_ms_median",
-                     "sparse.sparsity.exported", "sparse.size.onnx_bytes"):
+                     "sparse.sparsity.exported", "sparse.size.onnx_mb"):
             assert name in run.data.metrics, (level, name)
         assert run.data.metrics["dense.main"] == dense[0].data.metrics["main"]
         grandchildren = descendants(sweep, run.info.run_id)

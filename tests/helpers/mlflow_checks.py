@@ -110,6 +110,43 @@ def assert_comparison_follows_its_definitions(store: str, parent_id: str) -> Non
         assert tags["speedup"] == f"{metrics[f'speedup.{engine}.bs1']:.2f}"
         assert tags[tags["main_metric"]] == f"{metrics['sparse.onnx.' + tags['main_metric']]:.4f}"
         assert tags["benchmark_reliable"] == parent.data.tags["sparsify.benchmark_reliable"]
+    assert_models_carry_the_headline(store, parent, dense, sparse, main)
+
+
+def assert_models_carry_the_headline(store: str, parent: Run, dense: Run, sparse: Run, main: str) -> None:
+    """The headline metrics on the run and on the MLflow LoggedModels (`search_logged_models`), each equal
+    to the run's own figure: a dense model named `<model>-dense` and the level's `<model>-L<level>-s<pct>-
+    <int8|fp32>` (a `.` written `_`), which the registered version points at."""
+    import mlflow
+
+    metrics = parent.data.metrics
+    engine = next(k.split(".")[1] for k in metrics if k.startswith("speedup.") and k.endswith(".bs1"))
+    expected = {"metric": metrics[f"sparse.onnx.{main}"], "metric_drop_pt": metrics["main_drop"],
+                "sparsity": metrics["sparse.sparsity.exported"], "size_mb": metrics["sparse.size.onnx_mb"],
+                "speedup_bs1": metrics[f"speedup.{engine}.bs1"]}
+    for name, value in expected.items():
+        assert metrics[name] == value, (name, metrics[name], value)
+    mlflow.set_tracking_uri(store)
+    models = {m.name: m for m in mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id],
+                                                             output_format="list")}
+    stem = Path(parent.data.params["config.model"]).stem
+    level = parent.data.params["config.optim_level"]
+    percent = round(100 * metrics["sparse.sparsity.exported"])
+    precision = "int8" if metrics["int8"] else "fp32"
+    sparse_model = models[f"{stem}-L{float(level):g}-s{percent}-{precision}".replace(".", "_")]
+    linked = {m.key: m.value for m in sparse_model.metrics if m.run_id == sparse.info.run_id}
+    for name, value in expected.items():
+        assert linked[name] == value, (name, linked[name], value)
+    assert sparse_model.params["optim_level"] == f"{float(level):g}"
+    dense_model = models[f"{stem}-dense"]
+    dense_linked = {m.key: m.value for m in dense_model.metrics if m.run_id == dense.info.run_id}
+    assert dense_linked["metric"] == metrics[f"dense.onnx.{main}"] and dense_linked["speedup_bs1"] == 1.0
+    assert dense_linked[f"{engine}.bs1.latency_ms"] == metrics[f"dense.{engine}.bs1.latency_ms_median"]
+    registered = parent.data.tags.get("sparsify.registered_model")
+    if registered:
+        client = MlflowClient(tracking_uri=store, registry_uri=store)
+        version = client.get_model_version(registered, parent.data.tags["sparsify.registered_version"])
+        assert version.source == f"models:/{sparse_model.model_id}", (version.source, sparse_model.model_id)
 
 
 def _main_metric_name(metrics: dict[str, float]) -> str:

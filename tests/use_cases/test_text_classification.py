@@ -218,7 +218,7 @@ def assert_text_experiment(store: str, summary: dict, use_case: str) -> None:
         assert name in metrics, name
     assert metrics["sparse.deepsparse.bs1.fraction_of_supported_ops"] == 1.0
     assert abs(metrics["sparse.sparsity.pruned_layers"] - 0.7) <= 0.01
-    assert metrics["sparse.size.onnx_bytes"] < metrics["dense.size.onnx_bytes"] / 3  # INT8 weights
+    assert metrics["sparse.size.onnx_mb"] < metrics["dense.size.onnx_mb"] / 3  # INT8 weights
     client = MlflowClient(tracking_uri=store)
     recipe = client.download_artifacts(children["sparse"].info.run_id, "recipe.yaml")
     assert "!DistillationModifier" in Path(recipe).read_text()
