@@ -274,8 +274,9 @@ def promote(registered_model_name: str, version: str | None, alias: str | None, 
 @cli.command("benchmark")
 @click.option("--model-uri", required=True, help="models:/NAME@ALIAS or models:/NAME/VERSION.")
 @click.option("--batch-size", "batch_sizes", default="1,16", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--engine", type=click.Choice(["deepsparse", "onnxruntime", "both"]), default="deepsparse",
-              show_default=True, help="Engine(s); DeepSparse falls back to ONNX Runtime where it cannot run.")
+@click.option("--engine", type=click.Choice(["deepsparse", "onnxruntime", "openvino", "both"]), default="deepsparse",
+              show_default=True, help="Engine(s) (both: DeepSparse and ONNX Runtime); OpenVINO runs the version's "
+              "QDQ INT8 file; DeepSparse and OpenVINO fall back to ONNX Runtime where they cannot run.")
 @click.option("--iterations", type=int, default=30, show_default=True,
               help="Timed batches per engine and batch size, over all rounds.")
 @click.option("--rounds", type=OPT_INT, default=7, show_default=True, help="Alternating rounds of the benchmark session.")

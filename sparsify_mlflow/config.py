@@ -32,7 +32,7 @@ from sparsify_mlflow.options import (
 DEFAULT_EXPERIMENT = "sparsify-training-aware"
 DEFAULT_LEVEL = 0.5
 DEVICES = ("auto", "cpu", "cuda")
-DEPLOY_ENGINES = ("deepsparse", "onnxruntime")
+DEPLOY_ENGINES = ("deepsparse", "onnxruntime", "openvino")
 TEACHER_OFF, TEACHER_SELF = "off", "self"   # --teacher: no distillation / the dense baseline teaches
 
 
@@ -128,7 +128,8 @@ class ExperimentConfig:
                          "(1x4 blocks at INT8 levels), vnni (1x4 blocks), default (unstructured), tensorrt (2:4, so "
                          "50% sparse).", commands=ALL, check=one_of(*TARGETS))
     deploy_engine: str = option("deepsparse", "Engine that validates and benchmarks the deployment: deepsparse "
-                                "or onnxruntime.", check=_engine)
+                                "(OpenVINO timed beside it where installed), onnxruntime or openvino (the sparse "
+                                "model's QDQ INT8 file).", check=_engine)
     use_case_options: Any = field(default_factory=NoOptions)  # the use case's own options (its `options` dataclass)
 
     @property

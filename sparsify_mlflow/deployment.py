@@ -1,5 +1,6 @@
-"""What an experiment hands over: `deployment/` (model.onnx, recipe, config, a README saying how
-to run it) and `training_artifacts/metrics.yaml`.
+"""What an experiment hands over: `deployment/` (model.onnx, its QDQ twin model.qdq.onnx for an INT8
+model, recipe, config, a README saying which engine runs which file and how) and
+`training_artifacts/metrics.yaml`.
 
 Both are written into the experiment folder before that folder is logged to MLflow, so the copy
 under the run's `experiment/` artifacts is the same set of files.
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sparsify_mlflow.engines import cpu_info
+from sparsify_mlflow.qdq import QDQ_FILE
 from sparsify_mlflow.speed_session import Reliability
 
 if TYPE_CHECKING:
@@ -41,11 +43,14 @@ class Handover:
 
 
 def write_deployment(folder: Path, use_case: UseCase, data: DataBundle, recipe: str, handover: Handover) -> Path:
-    """model.onnx + recipe.yaml + config.json + README.md (+ the use case's files, e.g. a tokenizer)."""
+    """model.onnx (+ model.qdq.onnx) + recipe.yaml + config.json + README.md (+ the use case's files, e.g. a
+    tokenizer)."""
     sparse = handover.sparse
     deployment = folder / "deployment"
     deployment.mkdir(parents=True, exist_ok=True)
     (deployment / "model.onnx").write_bytes(sparse.exported.path.read_bytes())
+    if sparse.qdq is not None:
+        (deployment / QDQ_FILE).write_bytes(sparse.qdq.path.read_bytes())
     (deployment / "recipe.yaml").write_text(recipe)
     config = use_case.deployment_config(data) | {"metrics": {sparse.metrics.main_name: sparse.metrics.main}}
     (deployment / "config.json").write_text(json.dumps(config, indent=2))
@@ -75,7 +80,7 @@ def write_metrics(folder: Path, handover: Handover) -> Path:
 
 
 def deployment_readme(h: Handover, files: list[str]) -> str:
-    """How to run model.onnx with DeepSparse and with ONNX Runtime, with this run's figures."""
+    """Which engine takes which file, how to run it on DeepSparse, ONNX Runtime and OpenVINO, this run's figures."""
     sparse, dense, plan = h.sparse, h.dense, h.plan
     inputs, outputs = graph_io(sparse.exported.path)
     main = sparse.metrics.main_name
@@ -98,6 +103,20 @@ def deployment_readme(h: Handover, files: list[str]) -> str:
         f"{sparse.onnx_engine}; the dense baseline had {dense.onnx_metrics.main:.4f} "
         f"({h.comparison['main_drop']:+.2f} points drop on the exported files)",
         f"- size {sparse.exported.size_bytes / 2**20:.2f} MiB ({sparse.exported.gzip_size_bytes / 2**20:.2f} MiB gzipped)",
+        *([f"- `{QDQ_FILE}`, the same INT8 model in QDQ form: {main} {sparse.qdq.metrics.main:.4f} on "
+           f"{sparse.qdq.engine}"] if sparse.qdq else []),
+        "",
+        "## Which engine takes which file",
+        "",
+        "| engine | file | why |",
+        "|---|---|---|",
+        "| DeepSparse | `model.onnx` | its INT8 form (ConvInteger/MatMulInteger) is what DeepSparse runs fully, "
+        "with its sparse kernels |",
+        *([f"| OpenVINO | `{QDQ_FILE}` | QDQ form (int8 weights -> DequantizeLinear -> Conv/MatMul): OpenVINO "
+           "runs it with integer kernels, `model.onnx` only at float precision |",
+           f"| ONNX Runtime | `model.onnx` or `{QDQ_FILE}` | it fuses the QDQ file's MatMuls and the convs whose "
+           "output is re-quantized into integer kernels |"] if sparse.qdq else
+          ["| OpenVINO, ONNX Runtime | `model.onnx` | |"]),
         "",
         "## Inputs and outputs",
         "",
@@ -132,6 +151,19 @@ def deployment_readme(h: Handover, files: list[str]) -> str:
         f"outputs = session.run(None, {{{feed}}})",
         "```",
         "",
+        "## Run it with OpenVINO",
+        "",
+        "```python",
+        "import numpy as np",
+        "import openvino as ov",
+        "",
+        f'compiled = ov.Core().compile_model("{QDQ_FILE if sparse.qdq else "model.onnx"}", "CPU")',
+        f"outputs = compiled([{arrays}])",
+        "```",
+        "",
+        "OpenVINO's default CPU precision is bf16 where the CPU has AVX512_BF16 or AMX (pass "
+        '`{"INFERENCE_PRECISION_HINT": "f32"}` for FP32); it uses weight sparsity only on AMX CPUs.',
+        "",
         "## Measured by this run",
         "",
         _machine_line(),
@@ -146,11 +178,22 @@ def deployment_readme(h: Handover, files: list[str]) -> str:
         + ", ".join(f"{name.removeprefix('speedup.')} {value:.2f}x [{h.comparison[name + '.min']:.2f}-"
                     f"{h.comparison[name + '.max']:.2f}]" for name, value in h.comparison.items()
                     if name.startswith("speedup.") and not name.endswith((".min", ".max"))) + ".",
+        "",
+        *[f"- fastest sparse deployment over the fastest dense one, batch {name.rsplit('.bs', 1)[1]}: {value:.2f}x "
+          f"(sparse on {_fastest(sparse, name.rsplit('.', 1)[1])}, dense on {_fastest(dense, name.rsplit('.', 1)[1])})."
+          for name, value in h.comparison.items() if name.startswith("speedup_vs_best_dense.")
+          and not name.endswith((".min", ".max"))],
         *([] if h.reliability.reliable else ["", f"**Unreliable**: {h.reliability.reason}."]),
     ]
     if h.notes:
         lines += ["", "Notes:", *[f"- {note}" for note in h.notes]]
     return "\n".join(lines) + "\n"
+
+
+def _fastest(side: ModelReport, setting: str) -> str:
+    """The engine of `side`'s lowest median latency at `setting` ("bs1")."""
+    timed = {key: r.latency_ms_median for key, r in side.benchmarks.items() if key.endswith(f".{setting}")}
+    return min(timed, key=timed.__getitem__).split(".")[0] if timed else "-"
 
 
 def graph_io(path: Path) -> tuple[list[tuple[str, str, list[int | str]]], list[tuple[str, str, list[int | str]]]]:

@@ -25,11 +25,19 @@ from sparsify_mlflow import distributed, run_logging, stages, tracking, usecases
 from sparsify_mlflow.checkpoint import CHECKPOINT_NAME, Checkpoint, save_atomically
 from sparsify_mlflow.config import DEFAULT_LEVEL, TEACHER_SELF, ExperimentConfig
 from sparsify_mlflow.deployment import Handover, write_deployment, write_metrics
-from sparsify_mlflow.engines import layer_timings, load_engine, plan_benchmarks, predict_batches
+from sparsify_mlflow.engines import (
+    layer_timings,
+    load_engine,
+    openvino_facts,
+    openvino_status,
+    plan_benchmarks,
+    predict_batches,
+)
 from sparsify_mlflow.export import export_onnx
 from sparsify_mlflow.headline import headline_speedup, model_name
 from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
 from sparsify_mlflow.options import given
+from sparsify_mlflow.qdq import QDQ_FILE, QdqError, export_qdq
 from sparsify_mlflow.recipe_facts import check_qat_steps, plan_from_recipe, recipe_facts
 from sparsify_mlflow.registry import (
     CANDIDATE_ALIAS,
@@ -40,7 +48,7 @@ from sparsify_mlflow.registry import (
     log_pyfunc,
     register,
 )
-from sparsify_mlflow.results import EpochStats, ExperimentResult, ModelReport, epoch_stats_from_dict
+from sparsify_mlflow.results import EpochStats, ExperimentResult, ModelReport, Qdq, epoch_stats_from_dict
 from sparsify_mlflow.resume import CONFIG_ARTIFACT, FOLDER_TAG, RESUMED_TAG, ResumePoint, mark_alive, stage_key
 from sparsify_mlflow.speed_session import Reliability, SessionResult, plan_session, run_session
 from sparsify_mlflow.training import (
@@ -128,6 +136,9 @@ def prepare(cfg: ExperimentConfig, use_case: UseCase, experiment_id: str, tracki
     print(f"Training on {device} (--device {cfg.device}); benchmarks run on the CPU.")
     mlflow.set_tags({"sparsify.device": str(device), "sparsify.deploy_engine": cfg.deploy_engine})
     notes = run_logging.engine_notes() if cfg.deploy_engine == "deepsparse" else []
+    if cfg.deploy_engine == "openvino" and not (openvino := openvino_status())[0]:
+        notes.append(f"OpenVINO unavailable ({openvino[1]}); validated and benchmarked with ONNX Runtime instead")
+        mlflow.set_tag("sparsify.engine_fallback", f"onnxruntime ({openvino[1]})")
     teacher = _external_teacher(cfg, use_case, data)
     return Session(cfg, use_case, data, model, scope, device, experiment_id, tracking_uri, notes, teacher)
 
@@ -217,14 +228,21 @@ def train_level(session: Session, cfg: ExperimentConfig, dense: _Trained, recipe
 
 def measure_speed(session: Session, dense: ModelReport, candidates: dict[str, ModelReport]) -> SessionResult:
     """The dense baseline and every candidate in one interleaved benchmark session on the deploy engine
-    (the dense one also on ONNX Runtime, the reference); the figures go to each model's report and run."""
+    (the dense one also on ONNX Runtime, the reference); the figures go to each model's report and run.
+
+    Beside DeepSparse, OpenVINO times every model too where it is installed (the dense file at its
+    default precision, an INT8 model's QDQ twin): the fastest dense deployment on many CPUs, which
+    `speedup_vs_best_dense` compares with and the `sparsify.fastest_<label>.bs<N>` tags name.
+    """
     cfg = session.cfg
-    files = {"dense": dense.exported.path} | {label: rep.exported.path for label, rep in candidates.items()
-                                              if rep is not dense}
-    engines = {label: (cfg.deploy_engine,) for label in files}
+    timed = {"dense": dense} | {label: rep for label, rep in candidates.items() if rep is not dense}
+    files = {label: rep.exported.path for label, rep in timed.items()}
+    with_openvino = cfg.deploy_engine == "deepsparse" and openvino_status()[0]
+    engines = {label: (cfg.deploy_engine, *(("openvino",) if with_openvino else ())) for label in files}
+    engine_files = {label: {"openvino": _openvino_file(rep)} for label, rep in timed.items()}
     with stages.stage("benchmark"):  # the DeepSparse probe compiles in a child process
         entrants, notes = plan_session(files, engines, (1, cfg.benchmark_batch_size), reference="dense",
-                                       num_cores=cfg.num_cores)
+                                       num_cores=cfg.num_cores, engine_files=engine_files)
         for note in notes:
             print(f"note: {note}")
         print(f"Benchmarking {', '.join(files)} in one session: {cfg.benchmark_rounds} alternating rounds "
@@ -241,15 +259,23 @@ def measure_speed(session: Session, dense: ModelReport, candidates: dict[str, Mo
             speed.measurements[label] = speed.measurements["dense"]
             if "dense" in speed.layers:
                 speed.layers[label] = speed.layers["dense"]
-    timed = {"dense": dense} | {label: rep for label, rep in candidates.items() if rep is not dense}
     for label, rep in timed.items():
         rep.benchmarks = speed.results(label)
-        name = f"{rep.exported.path.parent.name}/{rep.exported.path.name}"
-        _log_benchmarks(rep, speed, label, [note for note in notes if name in note])
+        names = {f"{path.parent.name}/{path.name}" for path in (rep.exported.path, _openvino_file(rep))}
+        _log_benchmarks(rep, speed, label, [note for note in notes if any(name in note for name in names)])
+    mlflow.set_tags({f"sparsify.fastest_{label}.bs{bs}": key.split(".")[0] for label in speed.measurements
+                     for bs in (1, cfg.benchmark_batch_size) if (key := speed.fastest(label, bs))})
+    if any(key.startswith("openvino.") for by_key in speed.measurements.values() for key in by_key):
+        mlflow.set_tag("sparsify.openvino", ", ".join(f"{k} {v}" for k, v in openvino_facts().items()))
     if dense.logged_model is not None:  # the candidates' models are logged when they conclude
         link_metrics(dense.logged_model, dense.run_id,
                      dense.headline(None, cfg.deploy_engine, cfg.benchmark_batch_size) | dense.engine_figures())
     return speed
+
+
+def _openvino_file(rep: ModelReport) -> Path:
+    """The file OpenVINO deploys: an INT8 model's QDQ twin where there is one, else the export."""
+    return rep.qdq.path if rep.qdq is not None else rep.exported.path
 
 
 def _log_benchmarks(rep: ModelReport, speed: SessionResult, label: str, notes: list[str]) -> None:
@@ -410,22 +436,48 @@ def _finish_model(session: Session, cfg: ExperimentConfig, model: nn.Module, rol
         onnx_metrics = use_case.evaluate(partial(predict_batches, engine), data, check_bs
                                          ).with_main(cfg.eval_metric)
         del engine  # a compiled engine holds the model's memory
+    qdq, qdq_notes = _qdq_twin(session, exported.path) if exported.quantized else (None, [])
     rep = ModelReport(role, run_id, metrics, onnx_metrics, check_engine, exported, {}, history,
-                      per_layer, sparsity, seconds)
+                      per_layer, sparsity, seconds, notes=qdq_notes, qdq=qdq)
     tracking.log_metrics(rep.flat_metrics())
     tracking.log_rows(run_logging.sparsity_rows(per_layer, scope), "sparsity_per_layer.json")
     for table, rows_ in metrics.tables.items():
         tracking.log_rows(rows_, f"{table}.json")
     mlflow.log_artifact(str(exported.path), "onnx")
+    if qdq is not None:
+        mlflow.log_artifact(str(qdq.path), "onnx")
+        mlflow.set_tag("sparsify.onnx_qdq_engine", qdq.engine)
     return rep
+
+
+def _qdq_twin(session: Session, converted: Path) -> tuple[Qdq | None, list[str]]:
+    """The QDQ INT8 twin of an INT8 export (the form OpenVINO and ONNX Runtime run with integer kernels),
+    its metric checked on OpenVINO (ONNX Runtime where OpenVINO cannot run it) like the export's.
+    A graph the rewrite does not know costs the twin, with one warning, not the run."""
+    cfg = session.cfg
+    try:
+        with stages.stage("export"):
+            path = export_qdq(converted, converted.with_name(QDQ_FILE))
+    except QdqError as exc:
+        note = f"no QDQ INT8 file for OpenVINO ({exc}); OpenVINO runs {converted.name} at float precision"
+        print(f"warning: {note}")
+        return None, [note]
+    with stages.stage("evaluate"):
+        (engine_name, bs), *_ = plan_benchmarks(path, ("openvino",), (cfg.benchmark_batch_size,), cfg.num_cores)[0]
+        engine = load_engine(path, engine_name, batch_size=bs, num_cores=cfg.num_cores)
+        metrics = session.use_case.evaluate(partial(predict_batches, engine), session.data, bs
+                                            ).with_main(cfg.eval_metric)
+        del engine
+    return Qdq(path, metrics, engine_name), []
 
 
 def _check_engine(path: Path, cfg: ExperimentConfig) -> tuple[str, int]:
     """The engine (and batch size) that checks the exported file's metric: the deploy engine where it
     compiles the file (DeepSparse at the largest safe benchmark batch size), else ONNX Runtime."""
     batch_sizes = (1, cfg.benchmark_batch_size)
-    _, safe, _ = plan_benchmarks(path, (cfg.deploy_engine,), batch_sizes, cfg.num_cores)
-    return ("deepsparse", max(safe)) if safe else ("onnxruntime", batch_sizes[-1])
+    plan, _, _ = plan_benchmarks(path, (cfg.deploy_engine,), batch_sizes, cfg.num_cores)
+    on_engine = [bs for engine, bs in plan if engine == cfg.deploy_engine]
+    return (cfg.deploy_engine, max(on_engine)) if on_engine else ("onnxruntime", batch_sizes[-1])
 
 
 def compare(dense: ModelReport, sparse: ModelReport, speed: SessionResult, label: str
@@ -508,7 +560,7 @@ def _log_result_model(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle
             engine = load_engine(sparse.exported.path, "onnxruntime", batch_size=2)
             outputs = dict(zip(output_names, engine.run(list(inputs.values()))))
             logged = log_onnx(sparse.exported.path, name, example_inputs=inputs, example_outputs=outputs,
-                              params=params)
+                              params=params, extra_files=[sparse.qdq.path] if sparse.qdq else None)
     link_metrics(logged, sparse.run_id, sparse.headline(result.comparison, cfg.deploy_engine, cfg.benchmark_batch_size)
                  | sparse.engine_figures())
     return logged

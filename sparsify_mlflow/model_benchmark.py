@@ -22,15 +22,16 @@ from mlflow.tracking import MlflowClient
 
 from sparsify_mlflow import remote, tracking
 from sparsify_mlflow.benchmark import BenchmarkResult
-from sparsify_mlflow.engines import cpu_info, deepsparse_status
+from sparsify_mlflow.engines import cpu_info, deepsparse_status, openvino_status
 from sparsify_mlflow.errors import ConfigError, UserError
 from sparsify_mlflow.headline import MB
+from sparsify_mlflow.qdq import QDQ_FILE
 from sparsify_mlflow.speed_session import DEFAULT_ROUNDS, Entrant, Reliability, plan_session, run_session
 
 LABEL = "model"
 
 DEFAULT_EXPERIMENT = "sparsify-benchmarks"
-ENGINE_CHOICES = ("deepsparse", "onnxruntime", "both")
+ENGINE_CHOICES = ("deepsparse", "onnxruntime", "openvino", "both")
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w\-]+)|/(?P<version>\d+))$")
 
 
@@ -96,7 +97,7 @@ def benchmark_registered(model_uri: str, *, batch_sizes: tuple[int, ...] = (1, 1
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
         onnx_path = find_onnx(local)
         rows, source = model_inputs(local, onnx_path, max(batch_sizes))
-        entrants, notes = engine_plan(onnx_path, engine, batch_sizes, num_cores)
+        entrants, notes = engine_plan(onnx_path, engine, batch_sizes, num_cores, qdq_file(local))
         tags = {"sparsify.role": "benchmark", "sparsify.model_uri": model_uri, "sparsify.registered_model": name,
                 "sparsify.registered_version": version, "sparsify.source_run_id": mv.run_id or ""}
         with tracking.run(f"benchmark-{name}-v{version}", experiment_id=experiment_id, tags=tags) as run:
@@ -144,6 +145,11 @@ def find_onnx(model_dir: Path) -> Path:
     if not found:
         raise UserError(f"the registered model has no ONNX file (looked in {model_dir})")
     return found[0]
+
+
+def qdq_file(model_dir: Path) -> Path | None:
+    """The version's QDQ INT8 twin (the onnx flavor's extra_files/, a pyfunc's artifacts/), if it has one."""
+    return next(iter(sorted(model_dir.rglob(QDQ_FILE))), None)
 
 
 def model_inputs(model_dir: Path, onnx_path: Path, rows: int) -> tuple[list[np.ndarray], str]:
@@ -207,15 +213,16 @@ def generate_inputs(onnx_path: Path, rows: int, seed: int = 0) -> list[np.ndarra
     return out
 
 
-def engine_plan(onnx_path: Path, engine: str, batch_sizes: tuple[int, ...], num_cores: int | None = None
-                ) -> tuple[list[Entrant], list[str]]:
+def engine_plan(onnx_path: Path, engine: str, batch_sizes: tuple[int, ...], num_cores: int | None = None,
+                qdq: Path | None = None) -> tuple[list[Entrant], list[str]]:
     """The session's one entrant with its (engine, batch size) pairs (see speed_session.plan_session),
-    with the notes printed."""
+    with the notes printed. OpenVINO runs the `qdq` twin where the version has one."""
     wanted = ("deepsparse", "onnxruntime") if engine == "both" else (engine,)
-    plan, notes = plan_session({LABEL: onnx_path}, {LABEL: wanted}, batch_sizes, num_cores=num_cores)
-    usable, why = deepsparse_status()
-    if "deepsparse" in wanted and not usable:
-        notes.insert(0, f"DeepSparse unavailable ({why}); ONNX Runtime measured instead")
+    plan, notes = plan_session({LABEL: onnx_path}, {LABEL: wanted}, batch_sizes, num_cores=num_cores,
+                               engine_files={LABEL: {"openvino": qdq}} if qdq else None)
+    for name, (usable, why) in (("DeepSparse", deepsparse_status()), ("OpenVINO", openvino_status())):
+        if name.lower() in wanted and not usable:
+            notes.insert(0, f"{name} unavailable ({why}); ONNX Runtime measured instead")
     for note in notes:
         print(f"note: {note}")
     return plan, notes

@@ -38,9 +38,10 @@ class LoggedModel:
 
 
 def log_onnx(onnx_path: Path, name: str, *, example_inputs: dict[str, np.ndarray] | None = None,
-             example_outputs: dict[str, np.ndarray] | None = None, params: dict[str, str]) -> LoggedModel:
+             example_outputs: dict[str, np.ndarray] | None = None, params: dict[str, str],
+             extra_files: list[Path] | None = None) -> LoggedModel:
     """Log the ONNX file (onnx flavor; a signature and input example when given) as a LoggedModel of
-    the active run, named `name`."""
+    the active run, named `name`; `extra_files` (the QDQ twin) go into the model's `extra_files/` folder."""
     import onnx
     from mlflow.models import infer_signature
 
@@ -53,6 +54,7 @@ def log_onnx(onnx_path: Path, name: str, *, example_inputs: dict[str, np.ndarray
         params=params,
         save_as_external_data=False,
         onnx_execution_providers=["CPUExecutionProvider"],  # the models are built for CPU engines
+        extra_files=[str(f) for f in extra_files] if extra_files else None,
     )
     return LoggedModel(name, info.model_id, info.model_uri)
 

@@ -35,6 +35,15 @@ def epoch_stats_from_dict(row: dict, main_metric: str | None) -> EpochStats:
 
 
 @dataclass
+class Qdq:
+    """The canonical QDQ INT8 file written beside an INT8 export (qdq.export_qdq), and its check."""
+
+    path: Path
+    metrics: Metrics                       # validation split, on `engine`
+    engine: str                            # OpenVINO where it compiles the file, else ONNX Runtime
+
+
+@dataclass
 class ModelReport:
     """One side of the comparison (dense baseline or training-aware model), as logged."""
 
@@ -50,6 +59,7 @@ class ModelReport:
     sparsity: float                        # over the pruned layers, PyTorch
     train_seconds: float
     reused_from_run: str | None = None
+    qdq: Qdq | None = None                 # the QDQ twin of an INT8 export (what OpenVINO runs)
     notes: list[str] = field(default_factory=list)
     logged_model: LoggedModel | None = None  # the file as an MLflow LoggedModel, once logged
 
@@ -57,6 +67,9 @@ class ModelReport:
         """The same names on child runs (bare) and on the parent (prefixed dense./sparse.)."""
         out = {"main": self.metrics.main, **self.metrics.values}
         out.update({f"onnx.{k}": v for k, v in self.onnx_metrics.values.items()})
+        if self.qdq is not None:
+            out.update({f"onnx_qdq.{k}": v for k, v in self.qdq.metrics.values.items()})
+            out["size.onnx_qdq_mb"] = self.qdq.path.stat().st_size / MB
         out.update({
             "sparsity.pruned_layers": self.sparsity,
             "sparsity.exported": self.exported.weight_sparsity,

@@ -54,6 +54,12 @@ class Entrant:
     label: str                              # "dense", "sparse", "0.5", ...
     path: Path
     settings: tuple[tuple[str, int], ...]   # ("deepsparse", 1), ("onnxruntime", 16), ...
+    engine_paths: tuple[tuple[str, Path], ...] = ()  # another file of the same model for an engine
+                                                      # (OpenVINO: the QDQ twin of an INT8 model)
+
+    def file_for(self, engine: str) -> Path:
+        """The file `engine` runs for this model."""
+        return dict(self.engine_paths).get(engine, self.path)
 
 
 @dataclass(frozen=True)
@@ -136,9 +142,17 @@ class SessionResult:
             return None
         return Ratio(statistics.median(per_round), min(per_round), max(per_round), per_round)
 
+    def fastest(self, label: str, batch_size: int) -> str | None:
+        """The key ("openvino.bs1") of `label`'s fastest engine at `batch_size` (whole-session median)."""
+        timed = {key: m.result.latency_ms_median for key, m in self.measurements.get(label, {}).items()
+                 if key.endswith(f".bs{batch_size}")}
+        return min(timed, key=timed.__getitem__) if timed else None
+
     def speedups(self, reference: str, candidate: str) -> dict[str, Ratio]:
-        """Every ratio a comparison logs: `speedup.<engine>.bs<N>` (the same engine on both sides) and
-        `speedup_vs_onnxruntime.<engine>.bs<N>` (the candidate against the reference on ONNX Runtime)."""
+        """Every ratio a comparison logs: `speedup.<engine>.bs<N>` (the same engine on both sides),
+        `speedup_vs_onnxruntime.<engine>.bs<N>` (the candidate against the reference on ONNX Runtime) and
+        `speedup_vs_best_dense.bs<N>` (the candidate's fastest engine against the reference's fastest:
+        what a user gains over the best dense deployment this machine has, see `fastest`)."""
         out: dict[str, Ratio] = {}
         for key in self.measurements.get(candidate, {}):
             same = self.ratio(reference, candidate, key)
@@ -149,6 +163,11 @@ class SessionResult:
                 vs_ort = self.ratio(reference, candidate, key, f"onnxruntime.{setting}")
                 if vs_ort is not None:
                     out[f"speedup_vs_onnxruntime.{key}"] = vs_ort
+        for bs in sorted({int(key.rsplit(".bs", 1)[1]) for key in self.measurements.get(candidate, {})}):
+            ref_key, cand_key = self.fastest(reference, bs), self.fastest(candidate, bs)
+            best = self.ratio(reference, candidate, cand_key, ref_key) if ref_key and cand_key else None
+            if best is not None:
+                out[f"speedup_vs_best_dense.bs{bs}"] = best
         return out
 
     def reliability(self, ratios: dict[str, Ratio] | None = None) -> Reliability:
@@ -182,28 +201,37 @@ def _latency_spread(m: Measurement) -> Ratio:
 
 
 def plan_session(files: dict[str, Path], engines: dict[str, Sequence[str]], batch_sizes: Sequence[int],
-                 reference: str | None = None, num_cores: int | None = None) -> tuple[list[Entrant], list[str]]:
-    """Entrants for `files` (label -> ONNX file) on their `engines`, with DeepSparse's fallbacks.
+                 reference: str | None = None, num_cores: int | None = None,
+                 engine_files: dict[str, dict[str, Path]] | None = None) -> tuple[list[Entrant], list[str]]:
+    """Entrants for `files` (label -> ONNX file) on their `engines`, with the engines' fallbacks;
+    `engine_files` (label -> engine -> file) gives an engine another file of that model (the QDQ twin).
 
-    DeepSparse is probed at each batch size (engines.plan_benchmarks); where it cannot compile a file,
-    ONNX Runtime times it instead. So that every ratio compares one engine with itself, a candidate
-    timed on an engine the `reference` lacks at that batch size is also timed on ONNX Runtime, which
-    the reference always gets.
+    DeepSparse is probed at each batch size, OpenVINO once per file (engines.plan_benchmarks); where
+    either cannot compile a file, ONNX Runtime times the label's own file instead. So that every ratio
+    compares one engine with itself, a candidate timed on an engine the `reference` lacks at that batch
+    size is also timed on ONNX Runtime, which the reference always gets.
     """
     planned: dict[str, list[tuple[str, int]]] = {}
+    paths: dict[str, dict[str, Path]] = {}
     notes: list[str] = []
     for label, path in files.items():
         wanted = tuple(engines[label]) + (("onnxruntime",) if label == reference else ())
-        settings, _, file_notes = plan_benchmarks(path, tuple(dict.fromkeys(wanted)), batch_sizes, num_cores)
+        paths[label] = {engine: file for engine, file in (engine_files or {}).get(label, {}).items()
+                        if engine in wanted and engine != "onnxruntime"}
+        settings: list[tuple[str, int]] = []
+        for engine in dict.fromkeys(wanted):
+            pairs, _, file_notes = plan_benchmarks(paths[label].get(engine, path), (engine,), batch_sizes, num_cores)
+            settings += [pair for pair in pairs if pair not in settings]
+            notes += file_notes
         planned[label] = settings
-        notes += file_notes
     if reference is not None:
         ref = set(planned[reference])
         for label, settings in planned.items():
             for engine, bs in list(settings):
                 if label != reference and (engine, bs) not in ref and ("onnxruntime", bs) not in settings:
                     settings.append(("onnxruntime", bs))
-    return [Entrant(label, files[label], tuple(planned[label])) for label in files], notes
+    return [Entrant(label, files[label], tuple(planned[label]), tuple(sorted(paths[label].items())))
+            for label in files], notes
 
 
 def run_session(entrants: Sequence[Entrant], rows: list[np.ndarray], *, iterations: int = 30,
@@ -224,7 +252,7 @@ def run_session(entrants: Sequence[Entrant], rows: list[np.ndarray], *, iteratio
         compiled, compile_seconds = {}, {}
         for entrant, engine in pairs:
             start = time.perf_counter()
-            compiled[(entrant.label, engine)] = load_engine(entrant.path, engine, bs, num_cores)
+            compiled[(entrant.label, engine)] = load_engine(entrant.file_for(engine), engine, bs, num_cores)
             compile_seconds[(entrant.label, engine)] = time.perf_counter() - start
         for eng in compiled.values():
             time_round(partial(eng.run, batch), warmup, WARMUP_SECONDS, MAX_ROUND_ITERATIONS)

@@ -14,6 +14,7 @@ from sparsify_mlflow.data.downloads import named_image_dataset
 from sparsify_mlflow.data.fingerprint import fingerprint_files
 from sparsify_mlflow.data.imagefolder import ImageFileDataset, scan_image_folder
 from sparsify_mlflow.levels import PruningScope
+from sparsify_mlflow.qdq import QDQ_FILE
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
     DataBundle,
@@ -161,7 +162,9 @@ class ImageClassification(UseCase):
         example = base64.b64encode(Path(data.val.samples[0][0]).read_bytes()).decode()
         return {
             "python_model": PYFUNC_FILE,
-            "artifacts": {"model": str(folder / "model.onnx"), "config": str(folder / "config.json")},
+            "artifacts": {"model": str(folder / "model.onnx"), "config": str(folder / "config.json"),
+                          # the QDQ INT8 twin OpenVINO runs, where the export was INT8
+                          **({"qdq_model": str(folder / QDQ_FILE)} if (folder / QDQ_FILE).is_file() else {})},
             "input_example": pd.DataFrame({"image": [example]}),
             "signature": ModelSignature(Schema([ColSpec("string", "image")]),
                                         Schema([ColSpec("string", "label"), ColSpec("double", "score"),

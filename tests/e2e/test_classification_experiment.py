@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -33,7 +34,14 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
                  "dense.onnxruntime.bs1.latency_ms_median", "speedup.deepsparse.bs1",
                  "sparse.size.onnx_gzip_mb", "sparse.deepsparse.bs1.fraction_of_supported_ops"):
         assert name in metrics, name
+    # the QDQ twin, on OpenVINO: its accuracy, and both models' times beside DeepSparse's
+    assert {"sparse.onnx_qdq.accuracy", "sparse.openvino.bs1.latency_ms_median", "dense.openvino.bs4.items_per_second",
+            "speedup.openvino.bs1", "speedup_vs_best_dense.bs1", "speedup_vs_best_dense.bs4"} <= set(metrics)
     assert metrics["sparse.deepsparse.bs1.fraction_of_supported_ops"] == 1.0
+    assert abs(metrics["sparse.onnx_qdq.accuracy"] - metrics["sparse.onnx.accuracy"]) <= 1 / 6 + 1e-9, \
+        "the QDQ twin computes what the converted file computes: at most one of the 6 images differs"
+    assert children["sparse"].data.tags["sparsify.onnx_qdq_engine"] == "openvino"
+    assert "precision" in parent.data.tags["sparsify.openvino"]
     assert abs(metrics["sparse.sparsity.exported"] - target) <= 0.02
     assert abs(metrics["sparse.sparsity.pruned_layers"] - target) <= 0.01
     client = MlflowClient(tracking_uri=store)
@@ -45,7 +53,11 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
     layers = {a.path for a in client.list_artifacts(parent.info.run_id, "benchmark")}
     assert "benchmark/layers_bs1.json" in layers
     deployment = client.list_artifacts(parent.info.run_id, "experiment/deployment")
-    assert {Path(a.path).name for a in deployment} == {"model.onnx", "recipe.yaml", "config.json", "README.md"}
+    assert {Path(a.path).name for a in deployment} == {"model.onnx", "model.qdq.onnx", "recipe.yaml", "config.json",
+                                                       "README.md"}
+    readme = Path(client.download_artifacts(parent.info.run_id, "experiment/deployment/README.md")).read_text()
+    assert "| OpenVINO | `model.qdq.onnx` |" in readme and "| DeepSparse | `model.onnx` |" in readme
+    assert "- fastest sparse deployment over the fastest dense one, batch 1: " in readme
     sparse = children["sparse"]
     history = client.get_metric_history(sparse.info.run_id, "sparsity.overall")
     assert [m.step for m in history] == [1, 2]
@@ -112,6 +124,8 @@ def test_cli_end_to_end_then_a_second_level_reuses_the_baseline(image_folder: Pa
     assert "optim level 0.5" in version.description and "% sparse + INT8" in version.description
 
     assert_serves_raw_images(store, image_folder, tmp_path)
+    registered = Path(mlflow.artifacts.download_artifacts("models:/tiny@candidate", dst_path=str(tmp_path / "reg")))
+    assert (registered / "artifacts" / "model.qdq.onnx").is_file(), "the version carries the QDQ twin"
 
     second_path = tmp_path / "second.json"
     run_cli("training-aware", "--data", str(image_folder), "--optim-level", "0.3", "--tracking-uri", store,
@@ -171,6 +185,38 @@ def test_level_zero_registers_the_dense_baseline_itself(image_folder: Path, stor
     assert parent.data.metrics["sparse.sparsity.exported"] < 0.01
     assert "recipe.schedule.qat_start" not in parent.data.params
     assert summary["registered_model"]["alias"] == "candidate"
+
+
+def test_deploy_engine_openvino_validates_and_times_the_qdq_twin(image_folder: Path, store: str, tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    run_cli("training-aware", "--data", str(image_folder), "--optim-level", "0.5", "--deploy-engine", "openvino",
+            "--tracking-uri", store, "--working-dir", str(tmp_path), "--summary-json", str(summary_path),
+            "--no-register", *TINY)
+    summary = json.loads(summary_path.read_text())
+    parent, children = family(store, summary["parent_run_id"])
+    metrics = parent.data.metrics
+    assert {"speedup.openvino.bs1", "speedup.openvino.bs4", "dense.onnxruntime.bs1.latency_ms_median",
+            "sparse.onnx_qdq.accuracy", "speedup_vs_best_dense.bs4"} <= set(metrics)
+    assert not any("deepsparse" in k for k in metrics), "OpenVINO and the ONNX Runtime reference only"
+    assert children["sparse"].data.tags["sparsify.onnx_qdq_engine"] == "openvino"
+    assert parent.data.tags["sparsify.deploy_engine"] == "openvino" and "sparsify.engine_fallback" not in parent.data.tags
+    assert_comparison_follows_its_definitions(store, summary["parent_run_id"])
+
+
+def test_deploy_engine_openvino_where_it_is_missing_is_one_line_and_onnxruntime(
+        image_folder: Path, store: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # an import of it fails, as where it is not installed
+    summary_path = tmp_path / "summary.json"
+    run_cli("training-aware", "--data", str(image_folder), "--optim-level", "0", "--deploy-engine", "openvino",
+            "--tracking-uri", store, "--working-dir", str(tmp_path), "--summary-json", str(summary_path),
+            "--no-register", *TINY)
+    out = " ".join(capsys.readouterr().out.split())  # the summary wraps its lines
+    assert out.count("OpenVINO") == 1, out
+    assert ("note: OpenVINO unavailable (openvino is not installed (import of openvino halted; None in sys.modules); "
+            "pip install openvino); validated and benchmarked with ONNX Runtime instead") in out
+    parent, _ = family(store, json.loads(summary_path.read_text())["parent_run_id"])
+    assert parent.data.tags["sparsify.engine_fallback"].startswith("onnxruntime (openvino is not installed")
+    assert {k.split(".")[1] for k in parent.data.metrics if k.endswith(".latency_ms_median")} == {"onnxruntime"}
 
 
 def test_user_recipe_replaces_the_derived_one(image_folder: Path, store: str, tmp_path: Path, capsys) -> None:

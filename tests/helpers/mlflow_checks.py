@@ -61,6 +61,8 @@ def assert_comparison_follows_its_definitions(store: str, parent_id: str) -> Non
     - every `speedup.<engine>.bs<N>` (and `speedup_vs_onnxruntime.*`) is the median over the benchmark
       session's rounds of dense latency / sparse latency in that round, read from each child run's
       per-round history, and its .min/.max the extremes;
+    - every `speedup_vs_best_dense.bs<N>` is the same between the engines the `sparsify.fastest_dense.bs<N>` /
+      `sparsify.fastest_sparse.bs<N>` tags name, and those are each model's lowest median latency there;
     - the registered version's tags are what the parent run logged (read back from the registry).
     """
     import statistics
@@ -88,6 +90,18 @@ def assert_comparison_follows_its_definitions(store: str, parent_id: str) -> Non
         assert abs(value - statistics.median(ratios)) <= 1e-6 * value, (name, value, ratios)
         assert abs(metrics[f"{name}.min"] - min(ratios)) <= 1e-6 * value
         assert abs(metrics[f"{name}.max"] - max(ratios)) <= 1e-6 * value
+    best = {k: v for k, v in metrics.items() if k.startswith("speedup_vs_best_dense.") and not k.endswith((".min", ".max"))}
+    assert best, sorted(metrics)
+    for name, value in best.items():
+        bs = name.rsplit(".", 1)[1]
+        keys = {role: f"{parent.data.tags[f'sparsify.fastest_{role}.{bs}']}.{bs}" for role in ("dense", "sparse")}
+        for role, key in keys.items():
+            latencies = [v for k, v in metrics.items()
+                         if k.startswith(f"{role}.") and k.endswith(f".{bs}.latency_ms_median")]
+            assert metrics[f"{role}.{key}.latency_ms_median"] == min(latencies), (role, key, latencies)
+        ratios = [d / s for d, s in zip(rounds(dense.info.run_id, keys["dense"]),
+                                        rounds(sparse.info.run_id, keys["sparse"]))]
+        assert abs(value - statistics.median(ratios)) <= 1e-6 * value, (name, value, ratios)
     registered = parent.data.tags.get("sparsify.registered_model")
     if registered:
         tags = client.get_model_version(registered, parent.data.tags["sparsify.registered_version"]).tags

@@ -203,4 +203,4 @@ def test_deepsparse_can_be_disabled_by_configuration(dense, monkeypatch) -> None
         load_engine(dense[1].path, "deepsparse", batch_size=1)
     assert cpu_info()["source"] == "/proc/cpuinfo"
     with pytest.raises(ValueError, match="unknown engine"):
-        load_engine(dense[1].path, "openvino", batch_size=1)
+        load_engine(dense[1].path, "tensorrt", batch_size=1)

@@ -48,13 +48,14 @@ class Registry:
     client: MlflowClient
     name: str
 
-    def register(self, tags: dict[str, str], with_example: bool = True) -> str:
+    def register(self, tags: dict[str, str], with_example: bool = True, extra_files: list[Path] | None = None) -> str:
         mlflow.set_tracking_uri(self.store)
         with mlflow.start_run():
             example = {"input": np.ones((2, 8), np.float32)} if with_example else None
             info = mlflow.onnx.log_model(tiny_onnx(), name="model", registered_model_name=self.name,
                                          input_example=example, save_as_external_data=False,
-                                         onnx_execution_providers=["CPUExecutionProvider"])
+                                         onnx_execution_providers=["CPUExecutionProvider"],
+                                         extra_files=[str(f) for f in extra_files] if extra_files else None)
         version = str(info.registered_model_version)
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, value)
@@ -204,6 +205,34 @@ def test_benchmark_by_version_generates_inputs_without_an_example(reg: Registry)
     assert "onnxruntime.bs3.latency_ms_median" in run.data.metrics
     assert not any(k.startswith("deepsparse.") for k in run.data.metrics)
     assert reg.client.get_experiment(run.info.experiment_id).name == "bench-here"
+
+
+def test_benchmark_on_openvino_runs_the_versions_qdq_twin_or_falls_back_in_one_line(
+        reg: Registry, tmp_path: Path, capsys) -> None:
+    """The twin is what `sparsify.run` registers beside model.onnx (extra_files/model.qdq.onnx): a copy of the
+    model OpenVINO times, then a file OpenVINO refuses, which ONNX Runtime times instead, with one note."""
+    import onnx
+
+    from helpers.onnx_files import openvino_refuses
+
+    (tmp_path / "ok").mkdir()
+    onnx.save(tiny_onnx(), str(tmp_path / "ok" / "model.qdq.onnx"))
+    v1 = reg.register({}, extra_files=[tmp_path / "ok" / "model.qdq.onnx"])
+    assert reg.benchmark("--model-uri", f"models:/{reg.name}/{v1}", "--batch-size", "1,2", "--engine", "openvino",
+                         "--iterations", "3") == 0
+    run = reg.client.get_run(reg.tags(v1)["benchmark_run_id"])
+    assert {"openvino.bs1.latency_ms_median", "openvino.bs2.items_per_second"} <= set(run.data.metrics)
+    assert not any(k.startswith("onnxruntime.") for k in run.data.metrics) and "note:" not in capsys.readouterr().out
+
+    v2 = reg.register({}, extra_files=[openvino_refuses(tmp_path / "odd" / "model.qdq.onnx")])
+    assert reg.benchmark("--model-uri", f"models:/{reg.name}/{v2}", "--batch-size", "1", "--engine", "openvino",
+                         "--iterations", "3") == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith("note: OpenVINO cannot compile extra_files/model.qdq.onnx ("), notes
+    run = reg.client.get_run(reg.tags(v2)["benchmark_run_id"])
+    assert "onnxruntime.bs1.latency_ms_median" in run.data.metrics
+    assert not any(k.startswith("openvino.") for k in run.data.metrics)
+    assert run.data.tags["sparsify.engine_fallback"] == notes[0].removeprefix("note: ")
 
 
 def test_reading_commands_refuse_a_store_that_does_not_exist(tmp_path: Path, capsys, monkeypatch) -> None:

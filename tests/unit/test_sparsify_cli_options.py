@@ -277,10 +277,11 @@ def test_parity_run_fallback_oom_options_folder_and_its_mlflow_copy(monkeypatch,
     # Sparsify's folder layout, its deployment README and metrics.yaml
     folder = Path(summary["artifacts"]["experiment_dir"])
     assert folder.parent == tmp_path / "work" and folder.name.startswith("training-aware_cv-classification_")
-    assert {p.name for p in (folder / "deployment").iterdir()} == {"model.onnx", "recipe.yaml", "config.json",
-                                                                   "README.md"}
+    assert {p.name for p in (folder / "deployment").iterdir()} == {"model.onnx", "model.qdq.onnx", "recipe.yaml",
+                                                                   "config.json", "README.md"}
     readme = (folder / "deployment" / "README.md").read_text()
-    for needle in ("compile_model(\"model.onnx\"", "ort.InferenceSession(\"model.onnx\"", "| input | `input` | "
+    for needle in ("compile_model(\"model.onnx\"", "ort.InferenceSession(\"model.onnx\"", "| OpenVINO | `model.qdq.onnx` |",
+                   "compile_model(\"model.qdq.onnx\", \"CPU\")", "| input | `input` | "
                    "float32 | [batch, 3, 32, 32] |", "| sparse | onnxruntime | 4 |", "f1_macro:",
                    "DeepSparse unavailable", summary["parent_run_id"]):
         assert needle in readme, needle

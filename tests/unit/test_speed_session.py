@@ -55,9 +55,12 @@ def test_speedups_are_medians_of_per_round_ratios(chains) -> None:
                 Entrant("fast", chains["fast"], (("onnxruntime", 1), ("onnxruntime", 16)))]
     result = run_session(entrants, ROWS, iterations=10, rounds=5)
     speedups = result.speedups("slow", "fast")
-    assert set(speedups) == {"speedup.onnxruntime.bs1", "speedup.onnxruntime.bs16"}
+    assert set(speedups) == {"speedup.onnxruntime.bs1", "speedup.onnxruntime.bs16",  # one engine: the best is it
+                             "speedup_vs_best_dense.bs1", "speedup_vs_best_dense.bs16"}
     for name, ratio in speedups.items():
-        key = name.removeprefix("speedup.")
+        assert ratio == speedups[name.replace("speedup_vs_best_dense.", "speedup.onnxruntime.")]
+        key = name.removeprefix("speedup.").removeprefix("speedup_vs_best_dense.")
+        key = key if key.startswith("onnxruntime.") else f"onnxruntime.{key}"
         slow, fast = result.measurements["slow"][key], result.measurements["fast"][key]
         per_round = [s / f for s, f in zip(slow.round_ms, fast.round_ms)]
         assert len(per_round) == 5
@@ -157,3 +160,38 @@ def test_the_comparison_follows_its_definitions(chains) -> None:
         assert (comparison[f"speedup.{key}.min"], comparison[f"speedup.{key}.max"]) == (min(ratios), max(ratios))
         assert comparison[f"speedup.{key}"] > 1, "24 matmuls against 3: the sparse (fast) side is faster"
     assert comparison["benchmark.other_cores"] >= 0 and isinstance(reliability.reliable, bool)
+
+
+def test_openvino_runs_the_twin_and_best_dense_compares_the_fastest_engines(chains, tmp_path: Path) -> None:
+    """The sparse label's OpenVINO file is its twin (here the 3-matmul chain beside a 200-matmul file ONNX
+    Runtime runs), and speedup_vs_best_dense is the per-round median of the reference's fastest engine
+    over the candidate's fastest, which are different engines here."""
+    heavy = matmul_chain(tmp_path / "heavy.onnx", 200)
+    entrants, notes = plan_session({"dense": chains["slow"], "sparse": heavy},
+                                   {"dense": ("openvino",), "sparse": ("openvino", "onnxruntime")}, (4,),
+                                   reference="dense", engine_files={"sparse": {"openvino": chains["fast"]}})
+    assert notes == []
+    by_label = {e.label: e for e in entrants}
+    assert by_label["sparse"].file_for("openvino") == chains["fast"] and by_label["sparse"].file_for("onnxruntime") == heavy
+    assert by_label["dense"].file_for("openvino") == chains["slow"]
+    assert set(by_label["dense"].settings) == {("openvino", 4), ("onnxruntime", 4)}
+    speed = run_session(entrants, ROWS, iterations=6, rounds=3)
+    # here at bs4: ORT 3 matmuls 0.02 ms, 24 0.14 ms, 200 5 ms; OpenVINO 0.16, 0.29, 4.7 ms
+    sparse, dense = speed.measurements["sparse"], speed.measurements["dense"]
+    assert sparse["openvino.bs4"].result.latency_ms_median * 4 < sparse["onnxruntime.bs4"].result.latency_ms_median, \
+        "OpenVINO timed the sparse label's 3-matmul twin, not its 200-matmul file"
+    speedups = speed.speedups("dense", "sparse")
+    best_dense, best_sparse = speed.fastest("dense", 4), speed.fastest("sparse", 4)
+    assert best_dense == min(dense, key=lambda k: dense[k].result.latency_ms_median) == "onnxruntime.bs4"
+    assert best_sparse == min(sparse, key=lambda k: sparse[k].result.latency_ms_median) == "openvino.bs4"
+    ratios = [d / s for d, s in zip(dense[best_dense].round_ms, sparse[best_sparse].round_ms)]
+    assert speedups["speedup_vs_best_dense.bs4"].value == statistics.median(ratios)
+    assert speedups["speedup_vs_best_dense.bs4"].rounds == tuple(ratios)
+
+    from helpers.onnx_files import openvino_refuses
+
+    refused = openvino_refuses(tmp_path / "sparse" / "model.qdq.onnx")
+    entrants, notes = plan_session({"sparse": chains["fast"]}, {"sparse": ("openvino",)}, (1,),
+                                   engine_files={"sparse": {"openvino": refused}})
+    assert entrants[0].settings == (("onnxruntime", 1),) and len(notes) == 1
+    assert notes[0].startswith("OpenVINO cannot compile sparse/model.qdq.onnx (") and "Scaler" in notes[0]

@@ -225,7 +225,10 @@ def assert_text_experiment(store: str, summary: dict, use_case: str) -> None:
     sparse_artifacts = {a.path for a in client.list_artifacts(children["sparse"].info.run_id)}
     assert {"per_class_f1.json", "per_class_f1.csv", "onnx"} <= sparse_artifacts
     deployment = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "experiment/deployment")}
-    assert {"model.onnx", "recipe.yaml", "config.json", "labels.json", "tokenizer"} <= deployment
+    assert {"model.onnx", "model.qdq.onnx", "recipe.yaml", "config.json", "labels.json", "tokenizer"} <= deployment
+    # the QDQ twin computes what the converted file computes; OpenVINO's bf16 (its default here) in the float
+    # parts can flip a near-tie of this barely trained model: at most one of the 16 validation rows
+    assert abs(metrics["sparse.onnx_qdq.accuracy"] - metrics["sparse.onnx.accuracy"]) <= 1 / 16 + 1e-9
     tokenizer = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id,
                                                                   "experiment/deployment/tokenizer")}
     assert {"tokenizer.json", "tokenizer_config.json", "vocab.txt"} <= tokenizer
@@ -250,7 +253,7 @@ def assert_registered_model_predicts_text(store: str, name: str) -> None:
     on_deepsparse = mlflow.pyfunc.load_model(f"models:/{name}@candidate", model_config={"engine": "deepsparse"})
     assert list(on_deepsparse.predict({"text": ["fine"]})["label"]) in (["negative"], ["positive"])
     files = {p.name for p in Path(mlflow.artifacts.download_artifacts(f"models:/{name}@candidate")).rglob("*")}
-    assert {"model.onnx", "tokenizer.json", "config.json", "text_pyfunc.py"} <= files
+    assert {"model.onnx", "model.qdq.onnx", "tokenizer.json", "config.json", "text_pyfunc.py"} <= files
 
 
 @pytest.mark.e2e

@@ -21,6 +21,7 @@ from torch import nn
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import text_files, text_hub
 from sparsify_mlflow.options import option
+from sparsify_mlflow.qdq import QDQ_FILE
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
     DataBundle,
@@ -192,7 +193,9 @@ class TextClassification(TransformerTask):
         return {
             "python_model": PYFUNC_FILE,
             "artifacts": {"model": str(folder / "model.onnx"), "tokenizer": str(folder / "tokenizer"),
-                          "config": str(folder / "config.json")},
+                          "config": str(folder / "config.json"),
+                          # the QDQ INT8 twin OpenVINO runs, where the export was INT8
+                          **({"qdq_model": str(folder / QDQ_FILE)} if (folder / QDQ_FILE).is_file() else {})},
             "input_example": pd.DataFrame(example),
             "signature": ModelSignature(Schema(inputs), Schema(outputs)),
             "model_config": {"engine": "onnxruntime"},  # load_model(..., model_config={"engine": "deepsparse"})

@@ -1,0 +1,78 @@
+"""OpenVINO as an engine on tiny real files: it runs what ONNX Runtime runs, and where it is missing or
+cannot compile a file, the plan falls back to ONNX Runtime with one line (or none, where the caller says it)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers.onnx_files import openvino_refuses
+from sparsify_mlflow.engines import (
+    EngineUnavailable,
+    load_engine,
+    load_openvino,
+    openvino_facts,
+    openvino_status,
+    plan_benchmarks,
+    predict_batches,
+)
+
+
+def conv_net(path: Path) -> Path:
+    """Conv -> Relu -> global pool -> flatten -> MatMul on 3x8x8: the op kinds the exported models hold."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "F")]
+    nodes = [helper.make_node("Conv", ["input", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "F"], ["logits"])]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+ROWS = [np.random.default_rng(1).standard_normal((7, 3, 8, 8)).astype(np.float32)]
+
+
+def test_openvino_computes_what_onnxruntime_computes(tmp_path: Path) -> None:
+    path = conv_net(tmp_path / "net.onnx")
+    reference = predict_batches(load_engine(path, "onnxruntime", batch_size=7, num_cores=1), ROWS)[0]
+    exact = load_openvino(path, batch_size=4, num_cores=1, precision="f32")  # 7 rows: one padded batch
+    assert exact.name == "openvino" and exact.fraction_of_supported_ops is None and exact.input_names == ("input",)
+    np.testing.assert_allclose(predict_batches(exact, ROWS)[0], reference, rtol=1e-4, atol=1e-4)
+    default = load_engine(path, "openvino", batch_size=2, num_cores=1)  # bf16 on CPUs with AVX512_BF16/AMX
+    np.testing.assert_allclose(predict_batches(default, ROWS)[0], reference, rtol=0.05, atol=0.05)
+    facts = openvino_facts()
+    assert facts["version"].startswith("2026.4") and facts["precision"] in ("bf16", "f32", "f16"), facts
+    assert plan_benchmarks(path, ("openvino",), (1, 4), 1) == ([("openvino", 1), ("openvino", 4)], set(), [])
+
+
+def test_a_file_openvino_cannot_compile_is_one_line_and_onnxruntime_takes_it(tmp_path: Path) -> None:
+    path = openvino_refuses(tmp_path / "odd" / "scaler.onnx")
+    reason = "Model wasn't fully converted. No conversion rule found for operations: ai.onnx.ml.Scaler"
+    with pytest.raises(EngineUnavailable) as info:
+        load_engine(path, "openvino", batch_size=1, num_cores=1)
+    assert str(info.value) == f"OpenVINO could not compile scaler.onnx: {reason}"
+    plan, _, notes = plan_benchmarks(path, ("openvino",), (1, 4), 1)
+    assert plan == [("onnxruntime", 1), ("onnxruntime", 4)]
+    assert notes == [f"OpenVINO cannot compile odd/scaler.onnx ({reason}); ONNX Runtime measured it instead"]
+    rows = [np.ones((3, 8), np.float32)]
+    assert predict_batches(load_engine(path, plan[0][0], batch_size=1, num_cores=1), rows)[0].shape == (3, 3)
+
+
+def test_openvino_missing_is_one_line_and_the_plan_falls_back_without_a_note_per_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = conv_net(tmp_path / "net.onnx")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # an import of it fails, as where it is not installed
+    usable, reason = openvino_status()
+    assert not usable and reason.startswith("openvino is not installed (") and reason.endswith("); pip install openvino")
+    with pytest.raises(EngineUnavailable, match=r"^openvino is not installed \([^\n]*\); pip install openvino$"):
+        load_engine(path, "openvino", batch_size=1)
+    assert plan_benchmarks(path, ("openvino",), (1, 4), 1) == ([("onnxruntime", 1), ("onnxruntime", 4)], set(), [])
