@@ -605,6 +605,9 @@ def registry_tags(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, re
         headline = headline_speedup(comparison, cfg.deploy_engine, bs)
         if headline is not None:
             tags[tag], tags[f"{tag}_engine"] = f"{headline[1]:.2f}", headline[0]
+        best = comparison.get(f"speedup_vs_best_dense.bs{bs}")
+        if best is not None:  # the fastest deployment against the fastest dense engine (promote's default gate)
+            tags[tag.replace("speedup", "speedup_vs_best_dense")] = f"{best:.2f}"
     return tags
 
 

@@ -2,7 +2,9 @@
 
 The gates read what `sparsify.run training-aware`/`sweep` tagged on the version when it registered
 it: `main_drop` (points lost against the dense baseline, measured on the exported files on the deploy
-engine) and `speedup` (batch-1, same engine, from the interleaved benchmark session), which is refused
+engine) and the batch-1 speedup from the interleaved benchmark session: by default
+`speedup_vs_best_dense` (the fastest deployment of the version against the fastest dense engine the
+session timed), with `--speedup-against same-engine` the same-engine `speedup`. A speedup is refused
 when that session was marked unreliable (`benchmark_reliable=false`) unless explicitly accepted.
 A refused promotion changes nothing. An accepted one records who, why and when on the version,
 and the version it replaces keeps the alias `previous-<alias>` so it can be restored with
@@ -33,6 +35,10 @@ class Gates:
     max_metric_drop: float | None = None   # points
     min_speedup: float | None = None       # x
     accept_unreliable: bool = False        # let --min-speedup pass a speedup its benchmark marked unreliable
+    speedup_against: str = "best-dense"    # which speedup --min-speedup reads: best-dense or same-engine
+
+
+SPEEDUP_AGAINST = {"best-dense": "speedup_vs_best_dense", "same-engine": "speedup"}
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,13 @@ def promotion_user() -> str:
 def check_gates(name: str, version: str, tags: dict[str, str], gates: Gates) -> tuple[str, ...]:
     """The passed checks as readable lines; PromotionRefused (one line) at the first failed gate."""
     checks = []
+    speedup_tag = SPEEDUP_AGAINST[gates.speedup_against]
+    if gates.min_speedup is not None and speedup_tag not in tags and "speedup" in tags:
+        speedup_tag = "speedup"  # registered before the session compared with the best dense engine
+        checks.append("no speedup_vs_best_dense tag (registered by an older version): gated on the same-engine speedup")
     for gate, tag, bound, ok, words in (
         ("--max-metric-drop", "main_drop", gates.max_metric_drop, lambda v, b: v <= b + EPS, "<="),
-        ("--min-speedup", "speedup", gates.min_speedup, lambda v, b: v >= b - EPS, ">="),
+        ("--min-speedup", speedup_tag, gates.min_speedup, lambda v, b: v >= b - EPS, ">="),
     ):
         if bound is None:
             continue
@@ -74,9 +84,9 @@ def check_gates(name: str, version: str, tags: dict[str, str], gates: Gates) -> 
         if not ok(value, bound):
             what = (f"drops {value:.2f} points of {tags.get('main_metric', 'its main metric')}, more than "
                     f"{gate} {_num(bound)}" if tag == "main_drop"
-                    else f"has a speedup of {value:.2f}x, below {gate} {_num(bound)}")
+                    else f"has a {tag} of {value:.2f}x, below {gate} {_num(bound)}")
             raise PromotionRefused(f"refused: {name} version {version} {what}")
-        if tag == "speedup" and tags.get("benchmark_reliable") == "false":
+        if tag == speedup_tag and tags.get("benchmark_reliable") == "false":
             if not gates.accept_unreliable:
                 raise PromotionRefused(
                     f"refused: {name} version {version}'s speedup {value:.2f}x comes from an unreliable benchmark "

@@ -97,6 +97,9 @@ class ModelReport:
             if found is None:
                 continue
             out[f"speedup_bs{batch}"] = found[1]
+            best = 1.0 if comparison is None else comparison.get(f"speedup_vs_best_dense.bs{batch}")
+            if best is not None:
+                out[f"speedup_vs_best_dense_bs{batch}"] = best
             result = self.benchmarks.get(f"{found[0]}.bs{batch}")
             if result is not None:
                 out[f"latency_ms_bs{batch}" if batch == 1 else f"throughput_bs{batch}"] = (

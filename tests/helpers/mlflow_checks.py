@@ -108,6 +108,8 @@ def assert_comparison_follows_its_definitions(store: str, parent_id: str) -> Non
         engine = tags["speedup_engine"]
         assert tags["main_drop"] == f"{metrics['main_drop']:.2f}"
         assert tags["speedup"] == f"{metrics[f'speedup.{engine}.bs1']:.2f}"
+        assert tags["speedup_vs_best_dense"] == f"{metrics['speedup_vs_best_dense.bs1']:.2f}"  # promote's gate
+        assert metrics["speedup_vs_best_dense_bs1"] == metrics["speedup_vs_best_dense.bs1"]
         assert tags[tags["main_metric"]] == f"{metrics['sparse.onnx.' + tags['main_metric']]:.4f}"
         assert tags["benchmark_reliable"] == parent.data.tags["sparsify.benchmark_reliable"]
     assert_models_carry_the_headline(store, parent, dense, sparse, main)

@@ -34,10 +34,12 @@ def tiny_onnx():
     return model
 
 
-def sparsify_tags(drop: float, speedup: float) -> dict[str, str]:
-    """What experiment._register tags a version with (the part the gates read)."""
+def sparsify_tags(drop: float, speedup: float, vs_best_dense: float | None = None) -> dict[str, str]:
+    """What experiment.registry_tags tags a version with (the part the gates read); the e2e tests check
+    that registration writes these from the run's figures."""
+    best = speedup if vs_best_dense is None else vs_best_dense
     return {"main_metric": "accuracy", "accuracy": "0.9000", "main_drop": f"{drop:.2f}", "speedup": f"{speedup:.2f}",
-            "optim_level": "0.5"}
+            "speedup_vs_best_dense": f"{best:.2f}", "optim_level": "0.5"}
 
 
 @dataclass
@@ -102,7 +104,7 @@ def test_promote_passes_the_gates_and_records_who_why_when(reg: Registry, capsys
     tags = reg.tags(v1)
     assert tags["promoted_to"] == "champion" and tags["promoted_by"] == "reviewer-ann"
     assert tags["promotion_reason"] == "beats the SLA" and tags["promoted_over_version"] == "none"
-    assert tags["promotion_checks"] == "main_drop 0.4 <= 1; speedup 3.1 >= 2"
+    assert tags["promotion_checks"] == "main_drop 0.4 <= 1; speedup_vs_best_dense 3.1 >= 2"
     assert tags["promoted_at"].endswith("+00:00")
 
 
@@ -119,7 +121,7 @@ def test_each_gate_refuses_with_one_line_and_changes_nothing(reg: Registry, caps
 
     assert reg.promote("--version", bad, "--to", "champion", "--min-speedup", "2") == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: refused: {reg.name} version 2 has a speedup of 1.40x, below --min-speedup 2")
+        f"error: refused: {reg.name} version 2 has a speedup_vs_best_dense of 1.40x, below --min-speedup 2")
 
     assert reg.alias_of("champion") == good and reg.alias_of("previous-champion") is None
     assert reg.tags(bad) == before, "a refused promotion changes nothing"
@@ -127,6 +129,21 @@ def test_each_gate_refuses_with_one_line_and_changes_nothing(reg: Registry, caps
     # both gates given, both pass (bounds inclusive): accepted
     assert reg.promote("--version", bad, "--to", "champion", "--max-metric-drop", "3.5", "--min-speedup", "1.4") == 0
     assert reg.alias_of("champion") == bad
+
+
+def test_min_speedup_reads_the_best_dense_engine_unless_told_same_engine(reg: Registry, capsys) -> None:
+    """3x over dense on DeepSparse, but only 1.2x over the fastest dense engine (OpenVINO, say)."""
+    version = reg.register(sparsify_tags(drop=0.2, speedup=3.0, vs_best_dense=1.2))
+    assert reg.promote("--version", version, "--to", "champion", "--min-speedup", "2") == 2
+    assert "speedup_vs_best_dense of 1.20x, below --min-speedup 2" in capsys.readouterr().err
+    assert reg.alias_of("champion") is None
+    assert reg.promote("--version", version, "--to", "champion", "--min-speedup", "2",
+                       "--speedup-against", "same-engine") == 0
+    assert reg.tags(version)["promotion_checks"] == "speedup 3 >= 2"
+    older = reg.register({k: v for k, v in sparsify_tags(drop=0.2, speedup=3.0).items()
+                          if k != "speedup_vs_best_dense"})  # registered before the best-dense figure existed
+    assert reg.promote("--version", older, "--to", "champion", "--min-speedup", "2") == 0
+    assert reg.tags(older)["promotion_checks"].startswith("no speedup_vs_best_dense tag")
 
 
 def test_a_version_without_the_tags_is_refused_when_a_gate_needs_them(reg: Registry, capsys) -> None:
