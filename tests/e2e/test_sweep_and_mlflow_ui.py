@@ -271,6 +271,15 @@ def test_mlflow_ui_shows_the_runs_and_the_registered_model(sweep: Sweep, mlflow_
     for name in (parent, "dense-baseline", "level-0", "level-0.5", "level-0.7", "training-aware"):
         assert re.search(rf"(^|\s){re.escape(name)}(\s|$)", text), f"{name!r} not shown; page text: {text[:1500]}"
 
+    dataset = sweep.client.get_run(sweep.summary["parent_run_id"]).inputs.dataset_inputs[0].dataset
+    assert f"{dataset.name} ({dataset.digest})" in text, f"the runs list shows no dataset: {text[:1500]}"
+    models_url = f"{mlflow_server}/#/experiments/{experiment_id}/models"
+    models_text = visible_text(render(chromium, models_url, tmp_path / "profile"))
+    logged = {m.name for m in sweep.client.search_logged_models(experiment_ids=[experiment_id])}
+    assert any(n.endswith("-dense") for n in logged) and any("-L0_5-s" in n for n in logged), logged
+    for name in logged:  # the dense baseline and one model per level, by the naming scheme
+        assert name in models_text, f"model {name!r} not on the Models page: {models_text[:1500]}"
+
     def aliases() -> set[str]:
         return {a for v in sweep.client.search_model_versions(f"name='{NAME}'")
                 for a in sweep.client.get_model_version(NAME, v.version).aliases}
@@ -284,7 +293,8 @@ def test_mlflow_ui_shows_the_runs_and_the_registered_model(sweep: Sweep, mlflow_
         assert f"@ {alias}" in model_text or f"@{alias}" in model_text, f"alias {alias} not shown: {model_text[:1500]}"
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for url, name in ((runs_url, "mlflow-ui-sweep-runs.png"), (f"{mlflow_server}/#/models/{NAME}", "mlflow-ui-model.png")):
+    for url, name in ((runs_url, "mlflow-ui-sweep-runs.png"), (f"{mlflow_server}/#/models/{NAME}", "mlflow-ui-model.png"),
+                      (models_url, "mlflow-ui-logged-models.png")):
         render(chromium, url, tmp_path / "profile", screenshot=ARTIFACTS / name)
         assert (ARTIFACTS / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         print(f"screenshot: {ARTIFACTS / name}")

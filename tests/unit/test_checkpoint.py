@@ -4,8 +4,6 @@ recipe: GMP pruning, then QAT; CPU, one data-loader process, so training is dete
 from __future__ import annotations
 
 import copy
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 
 from helpers.data import make_image_folder
 from sparsify_mlflow import usecases
-from sparsify_mlflow.checkpoint import Checkpoint, CheckpointError, save_atomically
+from sparsify_mlflow.checkpoint import Checkpoint, CheckpointError
 from sparsify_mlflow.levels import plan_recipe, recipe_yaml
 from sparsify_mlflow.training import Stage, scope_sparsity, train
 from sparsify_mlflow.validation import build_config
@@ -85,26 +83,41 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
         Checkpoint.from_file(path)
 
 
-class SignalsWhilePickled:
-    """Sends this process SIGTERM while torch.save pickles it: a `kill` in the middle of a save."""
+INTERRUPTED_SAVE = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from sparsify_mlflow.checkpoint import save_atomically
 
+
+class SignalsWhilePickled:  # sends this process SIGTERM while torch.save pickles it: a `kill` mid-save
     def __reduce__(self):
         os.kill(os.getpid(), signal.SIGTERM)
         return (dict, ())
 
 
+def interrupt(_signum, _frame):  # what the CLI's SIGTERM handler does
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGTERM, interrupt)
+try:
+    save_atomically({"weights": torch.ones(1000), "marker": SignalsWhilePickled()}, Path(sys.argv[1]))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
 def test_an_interrupt_during_a_save_lands_after_it(tmp_path: Path) -> None:
     """The CLI's SIGTERM handler raises. Raised inside torch.save, the interrupt lost the file and
     could surface as the zip writer's "RuntimeError: unexpected pos" (seen in the suite: exit 1 and
-    a traceback instead of 130). Now the save finishes and the interrupt follows it."""
-    def interrupt(_signum, _frame):
-        raise KeyboardInterrupt
+    a traceback instead of 130). Now the save finishes and the interrupt follows it. In a process of
+    its own: a SIGTERM to a test worker that other tests loaded engines into once crashed it."""
+    import subprocess
+    import sys
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            save_atomically({"weights": torch.ones(1000), "marker": SignalsWhilePickled()}, tmp_path / "model.pt")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_SAVE, str(tmp_path / "model.pt")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]
     assert torch.load(tmp_path / "model.pt", weights_only=False)["weights"].sum() == 1000
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
