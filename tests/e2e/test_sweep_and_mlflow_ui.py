@@ -183,7 +183,8 @@ def test_promote_then_benchmark_by_uri_through_mlflow_run(sweep: Sweep, capsys) 
     version = sweep.client.get_model_version(NAME, rec)
     run = sweep.client.get_run(version.tags["benchmark_run_id"])
     assert run.data.tags["mlflow.project.entryPoint"] == "benchmark", "the run `mlflow run` created holds the figures"
-    assert run.data.tags["sparsify.registered_version"] == rec and run.data.params["input_source"] == "input_example"
+    # the version is a raw-image pyfunc: its input example is an image, so the graph's inputs are generated
+    assert run.data.tags["sparsify.registered_version"] == rec and run.data.params["input_source"] == "generated"
     for key in ("deepsparse.bs1.latency_ms_median", "onnxruntime.bs4.items_per_second"):
         assert key in run.data.metrics, key
     assert sweep.client.get_experiment(run.info.experiment_id).name == "sweep-benchmarks"
