@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from helpers.mlflow_checks import family
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.engines import deepsparse_status
-from sparsify_mlflow.speed_session import OTHER_CORES_LIMIT
+from sparsify_mlflow.speed_session import OTHER_CORES_LIMIT, STEAL_LIMIT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.serial,
               pytest.mark.skipif(not deepsparse_status()[0], reason=f"needs DeepSparse: {deepsparse_status()[1]}")]
@@ -69,6 +69,10 @@ def test_idle_machine_marks_the_speedups_reliable(image_folder, store, tmp_path,
     summary = experiment(image_folder, store, tmp_path, "idle")
     parent, _ = family(store, summary["parent_run_id"])
     assert parent.data.metrics["benchmark.other_cores"] < OTHER_CORES_LIMIT
+    steal = parent.data.metrics["benchmark.steal_cores"]
+    if steal > STEAL_LIMIT:  # another VM on the host: not idle, and the run said so (shown as a skip in CI)
+        pytest.skip(f"the host was not idle: the hypervisor took {steal:.2f} cores (steal time) during the "
+                    f"session; the run's verdict: {parent.data.tags['sparsify.benchmark_load']}")
     assert parent.data.tags["sparsify.benchmark_reliable"] == "true", parent.data.tags["sparsify.benchmark_load"]
     assert "unreliable" not in capsys.readouterr().out
     assert promote(store, "idle") == 0
