@@ -143,8 +143,10 @@ class SessionResult:
         return Ratio(statistics.median(per_round), min(per_round), max(per_round), per_round)
 
     def fastest(self, label: str, batch_size: int) -> str | None:
-        """The key ("openvino.bs1") of `label`'s fastest engine at `batch_size` (whole-session median)."""
-        timed = {key: m.result.latency_ms_median for key, m in self.measurements.get(label, {}).items()
+        """The key ("openvino.bs1") of `label`'s fastest engine at `batch_size`: by the median of its per-round
+        medians, the figure the ratios are built from (the whole-session median leans toward the fast rounds,
+        which hold more iterations, so on a noisy machine it can pick an engine that lost most rounds)."""
+        timed = {key: statistics.median(m.round_ms) for key, m in self.measurements.get(label, {}).items()
                  if key.endswith(f".bs{batch_size}")}
         return min(timed, key=timed.__getitem__) if timed else None
 
