@@ -12,7 +12,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import REPO
-from helpers.mlflow_checks import assert_comparison_follows_its_definitions, family, registered_versions, run_project
+from helpers.mlflow_checks import (
+    assert_comparison_follows_its_definitions,
+    assert_exported_sparsity,
+    family,
+    registered_versions,
+    run_project,
+)
 from sparsify_mlflow.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +48,7 @@ def assert_complete_experiment(store: str, summary: dict, level: float, target: 
         "the QDQ twin computes what the converted file computes: at most one of the 6 images differs"
     assert children["sparse"].data.tags["sparsify.onnx_qdq_engine"] == "openvino"
     assert "precision" in parent.data.tags["sparsify.openvino"]
-    assert abs(metrics["sparse.sparsity.exported"] - target) <= 0.02
+    assert_exported_sparsity(metrics["sparse.sparsity.exported"], target)
     assert abs(metrics["sparse.sparsity.pruned_layers"] - target) <= 0.01
     client = MlflowClient(tracking_uri=store)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers import use_every_cpu
 from helpers.data import make_image_folder
-from helpers.mlflow_checks import assert_failed_cleanly, family, registered_versions, runs_of
+from helpers.mlflow_checks import assert_exported_sparsity, assert_failed_cleanly, family, registered_versions, runs_of
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ def test_two_processes_train_one_experiment(store: str, tmp_path: Path) -> None:
         assert child.data.tags["sparsify.ddp.world_size"] == "2" and child.data.tags["sparsify.ddp.backend"] == "gloo"
         assert child.data.params["train.batch_size"] == "8"  # the global batch: 4 per rank
     assert abs(parent.data.metrics["sparse.sparsity.pruned_layers"] - 0.7) <= 0.01
-    assert abs(parent.data.metrics["sparse.sparsity.exported"] - 0.7) <= 0.02
+    assert_exported_sparsity(parent.data.metrics["sparse.sparsity.exported"], 0.7)
     steps = MlflowClient(tracking_uri=store).get_metric_history(children["sparse"].info.run_id, "train.step_seconds")
     assert [m.step for m in steps] == [1, 2, 3]
     assert [str(v.version) for v in registered_versions(store)] == ["1"]

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers import REPO
 from helpers.data import make_image_folder
+from helpers.mlflow_checks import assert_exported_sparsity
 from sparsify_mlflow import experiment
 from sparsify_mlflow.cli import main
 
@@ -105,7 +106,7 @@ def test_one_parent_one_dense_training_and_a_child_per_level(sweep: Sweep) -> No
         assert run.data.metrics["dense.main"] == dense[0].data.metrics["main"]
         grandchildren = descendants(sweep, run.info.run_id)
         assert [g.data.tags["sparsify.role"] for g in grandchildren] == ([] if level == "0" else ["sparse"])
-    assert abs(children["0.5"].data.metrics["sparse.sparsity.exported"] - 0.7) <= 0.02
+    assert_exported_sparsity(children["0.5"].data.metrics["sparse.sparsity.exported"], 0.7)
     assert children["0"].data.metrics["sparse.main"] == children["0"].data.metrics["dense.main"]
     failed = [lv for lv in sweep.summary["levels"] if lv["status"] == "FAILED"]
     assert [lv["optim_level"] for lv in failed] == [FAILING_LEVEL]
