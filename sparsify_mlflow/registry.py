@@ -37,6 +37,19 @@ class LoggedModel:
     model_uri: str          # models:/<model_id>
 
 
+def pinned_requirements(*packages: str) -> list[str]:
+    """pip requirements of a served model: each package at the version installed here (unpinned if absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in packages:
+        try:
+            out.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            out.append(package)
+    return out
+
+
 def log_onnx(onnx_path: Path, name: str, *, example_inputs: dict[str, np.ndarray] | None = None,
              example_outputs: dict[str, np.ndarray] | None = None, params: dict[str, str],
              extra_files: list[Path] | None = None) -> LoggedModel:
@@ -54,6 +67,8 @@ def log_onnx(onnx_path: Path, name: str, *, example_inputs: dict[str, np.ndarray
         params=params,
         save_as_external_data=False,
         onnx_execution_providers=["CPUExecutionProvider"],  # the models are built for CPU engines
+        # given, not inferred: MLflow would start a Python process (~4 s) to find what we know
+        pip_requirements=pinned_requirements("onnx", "onnxruntime", "numpy"),
         extra_files=[str(f) for f in extra_files] if extra_files else None,
     )
     return LoggedModel(name, info.model_id, info.model_uri)

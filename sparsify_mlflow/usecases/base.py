@@ -78,19 +78,6 @@ def collect_predictions(predict: Predictor, batches: Iterator[tuple[list[np.ndar
     return torch.from_numpy(np.concatenate(outputs)).float(), torch.from_numpy(np.concatenate(targets)).long()
 
 
-def pinned_requirements(*packages: str) -> list[str]:
-    """pip requirements of a served model: each package at the version installed here (unpinned if absent)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for package in packages:
-        try:
-            out.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            out.append(package)
-    return out
-
-
 def classification_metrics(preds: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
     """Accuracy and macro F1 / recall / precision of single-label predictions.
 

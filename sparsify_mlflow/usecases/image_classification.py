@@ -15,6 +15,7 @@ from sparsify_mlflow.data.fingerprint import fingerprint_files
 from sparsify_mlflow.data.imagefolder import ImageFileDataset, scan_image_folder
 from sparsify_mlflow.levels import PruningScope
 from sparsify_mlflow.qdq import QDQ_FILE
+from sparsify_mlflow.registry import pinned_requirements
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
     DataBundle,
@@ -23,7 +24,6 @@ from sparsify_mlflow.usecases.base import (
     UseCase,
     classification_metrics,
     collect_predictions,
-    pinned_requirements,
 )
 from sparsify_mlflow.usecases.vision import VisionOptions, build_vision_model
 

@@ -22,6 +22,7 @@ from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import text_files, text_hub
 from sparsify_mlflow.options import option
 from sparsify_mlflow.qdq import QDQ_FILE
+from sparsify_mlflow.registry import pinned_requirements
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
     DataBundle,
@@ -29,7 +30,6 @@ from sparsify_mlflow.usecases.base import (
     Predictor,
     classification_metrics,
     collect_predictions,
-    pinned_requirements,
 )
 from sparsify_mlflow.usecases.nlp.transformer_task import (
     TRUNCATION_WARNING,
