@@ -24,7 +24,7 @@ from sparsify_mlflow.cli import main
 pytestmark = pytest.mark.e2e
 
 TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8",
-        "--image-size", "32", "--benchmark-batch-size", "4", "--benchmark-iterations", "3"]
+        "--image-size", "32", "--benchmark-batch-size", "4", "--benchmark-iterations", "3", "--benchmark-rounds", "3"]
 
 
 def assert_complete_experiment(store: str, summary: dict, level: float, target: float) -> None:
@@ -152,7 +152,7 @@ def test_mlflow_run_entry_point(image_folder: Path, store: str, tmp_path: Path) 
     summary_path = tmp_path / "summary.json"
     params = {"use_case": "cv-classification", "data": str(image_folder), "optim_level": "0.5",
               "model": "resnet18", "pretrained": "false", "epochs": "2", "batch_size": "8",
-              "image_size": "32", "benchmark_batch_size": "4", "benchmark_iterations": "3",
+              "image_size": "32", "benchmark_batch_size": "4", "benchmark_iterations": "3", "benchmark_rounds": "3",
               "registered_model_name": "via-mlflow-run", "working_dir": str(tmp_path),
               "summary_json": str(summary_path)}
     proc = run_project(REPO, params, store, tmp_path, "mlflow-run-e2e")

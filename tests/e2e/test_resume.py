@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 EPOCHS = 4
 TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", str(EPOCHS), "--batch-size", "4",
-        "--image-size", "16", "--benchmark-batch-size", "2", "--benchmark-iterations", "3",
+        "--image-size", "16", "--benchmark-batch-size", "2", "--benchmark-iterations", "3", "--benchmark-rounds", "3",
         "--deploy-engine", "onnxruntime", "--registered-model-name", "resumed"]
 
 

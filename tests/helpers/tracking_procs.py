@@ -22,4 +22,5 @@ def start_experiment(uri: str, data: Path, work: Path, *args: str, env: dict[str
 
 
 TINY_REMOTE = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--image-size", "32",
-               "--benchmark-batch-size", "2", "--benchmark-iterations", "2", "--deploy-engine", "onnxruntime"]
+               "--benchmark-batch-size", "2", "--benchmark-iterations", "2",
+               "--benchmark-rounds", "3", "--deploy-engine", "onnxruntime"]
