@@ -110,6 +110,9 @@ class ExperimentConfig:
                                        check=positive_int)
     benchmark_rounds: int = option(7, "Alternating rounds of the benchmark session; a speedup is the median of "
                                    "the per-round ratios.", check=positive_int)
+    int8_reference: bool = option(True, "Also quantize the dense model post-training (no pruning, no training) and "
+                                  "time it: the INT8-only reference the sparse model must beat "
+                                  "(--no-int8-reference: skip it).")
     num_cores: int | None = option(None, "Cores (threads) the inference engines use (default: every physical core "
                                    "available).", check=positive_int)
     teacher: str | None = option(None, "Distillation teacher: off, self (the dense baseline) or a model name/path "

@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -33,10 +34,19 @@ from sparsify_mlflow.engines import (
     plan_benchmarks,
     predict_batches,
 )
+from sparsify_mlflow.errors import TrackingError
 from sparsify_mlflow.export import export_onnx
-from sparsify_mlflow.headline import headline_speedup, model_name
-from sparsify_mlflow.levels import Distillation, PruningScope, RecipePlan, plan_recipe, recipe_yaml
+from sparsify_mlflow.headline import headline_speedup, model_name, reference_name
+from sparsify_mlflow.levels import (
+    Distillation,
+    PruningScope,
+    RecipePlan,
+    plan_recipe,
+    post_training_recipe,
+    recipe_yaml,
+)
 from sparsify_mlflow.options import given
+from sparsify_mlflow.post_training import quantize_post_training, reference_failure
 from sparsify_mlflow.qdq import QDQ_FILE, QdqError, export_qdq
 from sparsify_mlflow.recipe_facts import check_qat_steps, plan_from_recipe, recipe_facts
 from sparsify_mlflow.registry import (
@@ -48,12 +58,13 @@ from sparsify_mlflow.registry import (
     log_pyfunc,
     register,
 )
-from sparsify_mlflow.results import EpochStats, ExperimentResult, ModelReport, Qdq, epoch_stats_from_dict
+from sparsify_mlflow.results import EpochStats, ExperimentResult, Int8Only, ModelReport, Qdq, epoch_stats_from_dict
 from sparsify_mlflow.resume import CONFIG_ARTIFACT, FOLDER_TAG, RESUMED_TAG, ResumePoint, mark_alive, stage_key
 from sparsify_mlflow.speed_session import Reliability, SessionResult, plan_session, run_session
 from sparsify_mlflow.training import (
     Stage,
     TrainResult,
+    error_line,
     resolve_device,
     scope_sparsity,
     torch_predictor,
@@ -212,11 +223,57 @@ def finish_level(session: Session, cfg: ExperimentConfig, dense: _Trained, plan:
     """In the active run (`run_id`): train the level's model from the dense baseline, time both in one
     benchmark session, compare, log, write the deployment folder, register (with `alias`)."""
     sparse = train_level(session, cfg, dense, recipe, folder)
-    speed = measure_speed(session, dense.report, {SPARSE_LABEL: sparse.report})
-    return conclude_level(session, cfg, dense, sparse, plan, recipe, folder, run_id, speed, SPARSE_LABEL, alias)
+    int8_only = int8_only_reference(session, dense, folder) if cfg.int8_reference and sparse is not dense else None
+    speed = measure_speed(session, dense.report, {SPARSE_LABEL: sparse.report} | timed_reference(int8_only))
+    return conclude_level(session, cfg, dense, sparse, plan, recipe, folder, run_id, speed, SPARSE_LABEL, alias,
+                          int8_only)
 
 
 SPARSE_LABEL = "sparse"  # the training-aware model's name in a single experiment's benchmark session
+INT8_ONLY_LABEL = "int8_only"  # the post-training INT8 reference's, and its metrics' prefix on the parent
+
+
+class _ReferenceFailed(Exception):
+    """The INT8-only reference was built but must not be compared against (post_training.reference_failure)."""
+
+
+def int8_only_reference(session: Session, dense: _Trained, folder: Path) -> Int8Only:
+    """The dense baseline quantized post-training (post_training.py), in a child run of its own, exported
+    and checked like the other models. One that cannot be built or fails its check is reported as failed
+    (its run FAILED with the reason), never compared against, and costs the experiment nothing else."""
+    cfg = session.cfg
+    built: list[ModelReport] = []
+    try:
+        with tracking.run("int8-only", nested=True, tags={"sparsify.role": INT8_ONLY_LABEL}) as child:
+            mlflow.log_text(post_training_recipe(session.scope), "recipe.yaml")
+            run_logging.log_datasets(session.data)  # calibrated on the training split, checked on validation
+            with stages.stage("int8_only_calibration"):
+                started = time.perf_counter()
+                model = quantize_post_training(dense.model, session.use_case, session.data, session.scope,
+                                               cfg.batch_size, cfg.seed)
+                seconds = time.perf_counter() - started
+            work = folder / "training_artifacts" / INT8_ONLY_LABEL
+            built.append(_finish_model(session, cfg, model, INT8_ONLY_LABEL, child.info.run_id, [], seconds, work))
+            failure = reference_failure(dense.report, built[0])
+            if failure is not None:
+                raise _ReferenceFailed(failure)
+            built[0].logged_model = log_onnx(built[0].exported.path, reference_name(cfg.model), params={
+                "use_case": session.use_case.name, "model": Path(cfg.model).stem, "int8": "True",
+                "quantization": "post-training: calibrated, not trained", "data_fingerprint": session.data.fingerprint},
+                extra_files=[built[0].qdq.path] if built[0].qdq is not None else None)
+    except TrackingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reference that fails is reported, the experiment goes on
+        reason = str(exc) if isinstance(exc, _ReferenceFailed) else error_line(exc)
+        print(f"warning: the INT8-only reference failed ({reason}); the sparse model is not compared with it")
+        return Int8Only(built[0] if built else None, reason)
+    return Int8Only(built[0])
+
+
+def timed_reference(int8_only: Int8Only | None) -> dict[str, ModelReport]:
+    """The benchmark session's entry for the INT8-only reference: only a usable one is timed."""
+    usable = int8_only.usable if int8_only is not None else None
+    return {INT8_ONLY_LABEL: usable} if usable is not None else {}
 
 
 def train_level(session: Session, cfg: ExperimentConfig, dense: _Trained, recipe: str, folder: Path) -> _Trained:
@@ -294,13 +351,16 @@ def _log_benchmarks(rep: ModelReport, speed: SessionResult, label: str, notes: l
 
 def conclude_level(session: Session, cfg: ExperimentConfig, dense: _Trained, sparse: _Trained, plan: RecipePlan,
                    recipe: str, folder: Path, run_id: str, speed: SessionResult, label: str,
-                   alias: str | None = CANDIDATE_ALIAS) -> ExperimentResult:
+                   alias: str | None = CANDIDATE_ALIAS, int8_only: Int8Only | None = None) -> ExperimentResult:
     """In the active run: the comparison from the session, figures, deployment folder, registration."""
     use_case, data, scope = session.use_case, session.data, session.scope
     notes = list(session.notes)
     if sparse is dense:
         notes.append("optim level 0: no sparsification; the dense baseline is the result")
-    comparison, reliability = compare(dense.report, sparse.report, speed, label)
+    comparison, reliability = compare(dense.report, sparse.report, speed, label,
+                                      int8_only.usable if int8_only is not None else None)
+    if int8_only is not None:
+        notes += log_reference(session, dense.report, int8_only, speed)
     tracking.log_metrics(sparse.report.headline(comparison, cfg.deploy_engine, cfg.benchmark_batch_size))
     tracking.log_metrics(comparison)
     mlflow.set_tags(reliability.tags())
@@ -320,7 +380,8 @@ def conclude_level(session: Session, cfg: ExperimentConfig, dense: _Trained, spa
         write_metrics(folder, handover)
         mlflow.log_artifacts(str(folder), artifact_path="experiment")  # the folder as written, nothing else
     result = ExperimentResult(cfg, run_id, session.experiment_id, session.tracking_uri, plan,
-                              dense.report, sparse.report, comparison, folder, deployment, reliability, notes=notes)
+                              dense.report, sparse.report, comparison, folder, deployment, reliability, notes=notes,
+                              int8_only=int8_only)
     with stages.stage("registration"):
         result.sparse.logged_model = _log_result_model(cfg, use_case, data, result, recipe)
         mlflow.set_tag("sparsify.model_id", result.sparse.logged_model.model_id)
@@ -480,21 +541,42 @@ def _check_engine(path: Path, cfg: ExperimentConfig) -> tuple[str, int]:
     return (cfg.deploy_engine, max(on_engine)) if on_engine else ("onnxruntime", batch_sizes[-1])
 
 
-def compare(dense: ModelReport, sparse: ModelReport, speed: SessionResult, label: str
-            ) -> tuple[dict[str, float], Reliability]:
+def compare(dense: ModelReport, sparse: ModelReport, speed: SessionResult, label: str,
+            int8_only: ModelReport | None = None) -> tuple[dict[str, float], Reliability]:
     """The comparison a run logs and the gates read.
 
     `main_drop` is measured on what ships: the exported files on the deploy engine (`onnx.*`); the
     PyTorch figure stays beside it as `main_drop_pytorch`. Each speedup is the median over the
     session's rounds of (dense latency / sparse latency) in that round, with its min and max.
+    With a usable INT8-only reference: `speedup_vs_int8_only.bs<N>` (fastest engine against its fastest)
+    and `main_drop_vs_int8_only`, what pruning added over quantizing alone.
     """
     out = {"main_drop": round(100 * (dense.onnx_metrics.main - sparse.onnx_metrics.main), 4),
            "main_drop_pytorch": round(100 * (dense.metrics.main - sparse.metrics.main), 4)}
     ratios = speed.speedups("dense", label)
     for name, ratio in ratios.items():
         out.update(ratio.as_metrics(name))
+    if int8_only is not None:
+        out["main_drop_vs_int8_only"] = round(100 * (int8_only.onnx_metrics.main - sparse.onnx_metrics.main), 4)
+        for bs, ratio in speed.fastest_ratios(INT8_ONLY_LABEL, label).items():
+            out.update(ratio.as_metrics(f"speedup_vs_int8_only.bs{bs}"))
     out.update(speed.load.as_metrics())
     return out, speed.reliability(ratios)
+
+
+def log_reference(session: Session, dense: ModelReport, int8_only: Int8Only, speed: SessionResult) -> list[str]:
+    """The INT8-only reference on the parent (`int8_only.*`, its own comparison with the dense model) and
+    as a LoggedModel of its run, headline linked; its failure as a tag and a note."""
+    cfg, rep = session.cfg, int8_only.report
+    mlflow.set_tag("sparsify.int8_only", "ok" if int8_only.failure is None else f"failed: {int8_only.failure}"[:5000])
+    if rep is None:
+        return [f"INT8-only reference failed: {int8_only.failure}"]
+    own, _ = compare(dense, rep, speed, INT8_ONLY_LABEL)
+    tracking.log_metrics({f"{INT8_ONLY_LABEL}.{k}": v for k, v in (rep.flat_metrics() | own).items()})
+    if rep.logged_model is not None:
+        link_metrics(rep.logged_model, rep.run_id, rep.headline(own, cfg.deploy_engine, cfg.benchmark_batch_size)
+                     | rep.engine_figures())
+    return [] if int8_only.failure is None else [f"INT8-only reference failed, not compared: {int8_only.failure}"]
 
 
 def _baseline_key(cfg: ExperimentConfig, data: DataBundle) -> str:

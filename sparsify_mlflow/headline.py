@@ -3,7 +3,9 @@
 Runs and MLflow LoggedModels carry ~100 metrics; the headline (ModelReport.headline) is what a
 reader looks for first: what the model scores on the file that ships (`metric`), how much it lost
 (`metric_drop_pt`), how sparse and small it is (`sparsity`, `size_mb`), whether it is INT8 (`int8`)
-and how much faster it runs than the dense model on the same engine (`speedup_bs1`, `speedup_bs<N>`).
+and how much faster it runs than the dense model on the same engine (`speedup_bs1`, `speedup_bs<N>`),
+than the fastest dense deployment (`speedup_vs_best_dense_bs<N>`) and than the dense model quantized
+post-training, INT8 alone (`speedup_vs_int8_only_bs<N>`).
 """
 from __future__ import annotations
 
@@ -38,6 +40,11 @@ def model_name(model: str, plan: RecipePlan | None = None, sparsity: float = 0.0
         return _safe(f"{stem}-dense")
     asked = f"L{plan.optim_level:g}" if plan.recipe_file is None else f"recipe-{Path(plan.recipe_file).stem}"
     return _safe(f"{stem}-{asked}-s{round(100 * sparsity)}-{'int8' if int8 else 'fp32'}")
+
+
+def reference_name(model: str) -> str:
+    """The INT8-only reference's LoggedModel name: `resnet18-int8-only`."""
+    return _safe(f"{Path(model).stem or model}-int8-only")
 
 
 def _safe(name: str) -> str:

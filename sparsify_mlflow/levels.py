@@ -383,13 +383,7 @@ def recipe_yaml(plan: RecipePlan) -> str:
         out += ["", "pruning_modifiers:", _modifier("ConstantPruningModifier", {
             "params": list(sc.prune), "start_epoch": 0.0, "end_epoch": s.epochs})]
     if plan.quantize:
-        # Only keys of the new QuantizationModifier: one legacy-only key would make sparseml
-        # load the legacy class instead (and it rejects scheme/ignore).
-        q_args: dict = {"start_epoch": s.qat_start, "scheme": INT8_SCHEME}
-        if sc.quant_scheme_overrides:
-            q_args["scheme_overrides"] = {k: dict(v) for k, v in sc.quant_scheme_overrides.items()}
-        if sc.quant_ignore:
-            q_args["ignore"] = list(sc.quant_ignore)
+        q_args = _quantization_args(sc, s.qat_start)
         q_args["freeze_bn_stats_epoch"] = s.freeze_bn_epoch
         q_args["disable_quantization_observer_epoch"] = s.disable_observers_epoch
         out += ["", "quantization_modifiers:", _modifier("QuantizationModifier", q_args)]
@@ -398,3 +392,22 @@ def recipe_yaml(plan: RecipePlan) -> str:
             "start_epoch": 0.0, "end_epoch": s.epochs, "hardness": plan.distillation.hardness,
             "temperature": plan.distillation.temperature})]
     return "\n".join(out) + "\n"
+
+
+def _quantization_args(scope: PruningScope, start_epoch: float) -> dict:
+    """The QuantizationModifier's keys. Only keys of the new modifier: one legacy-only key would make
+    sparseml load the legacy class instead (and it rejects scheme/ignore)."""
+    args: dict = {"start_epoch": start_epoch, "scheme": INT8_SCHEME}
+    if scope.quant_scheme_overrides:
+        args["scheme_overrides"] = {k: dict(v) for k, v in scope.quant_scheme_overrides.items()}
+    if scope.quant_ignore:
+        args["ignore"] = list(scope.quant_ignore)
+    return args
+
+
+def post_training_recipe(scope: PruningScope) -> str:
+    """The INT8-only reference's recipe: the levels' INT8 scheme on the dense model from epoch 0, no
+    pruning, no schedule; its observers are calibrated on training batches, no weight is trained."""
+    return "\n".join(["# post-training INT8 (the quantize-only reference): calibration, no training",
+                      "", "version: 1.1.0", "", "quantization_modifiers:",
+                      _modifier("QuantizationModifier", _quantization_args(scope, 0.0))]) + "\n"

@@ -100,6 +100,9 @@ class ModelReport:
             best = 1.0 if comparison is None else comparison.get(f"speedup_vs_best_dense.bs{batch}")
             if best is not None:
                 out[f"speedup_vs_best_dense_bs{batch}"] = best
+            over_int8 = None if comparison is None else comparison.get(f"speedup_vs_int8_only.bs{batch}")
+            if over_int8 is not None:
+                out[f"speedup_vs_int8_only_bs{batch}"] = over_int8
             result = self.benchmarks.get(f"{found[0]}.bs{batch}")
             if result is not None:
                 out[f"latency_ms_bs{batch}" if batch == 1 else f"throughput_bs{batch}"] = (
@@ -113,6 +116,21 @@ class ModelReport:
             out[f"{key}.latency_ms"] = result.latency_ms_median
             out[f"{key}.items_per_second"] = result.items_per_second
         return out
+
+
+@dataclass
+class Int8Only:
+    """The post-training INT8 reference (post_training.py): the dense model quantized without training.
+
+    `failure` says why it is not compared against (it could not be built, is not INT8, or lost more than
+    INT8_ONLY_MAX_DROP_PT); `report` is kept when it was built, so its figures are still shown."""
+
+    report: ModelReport | None
+    failure: str | None = None
+
+    @property
+    def usable(self) -> ModelReport | None:
+        return self.report if self.failure is None else None
 
 
 @dataclass
@@ -130,3 +148,4 @@ class ExperimentResult:
     reliability: Reliability
     registered: RegisteredVersion | None = None
     notes: list[str] = field(default_factory=list)
+    int8_only: Int8Only | None = None   # None: not asked for (--no-int8-reference, level 0)

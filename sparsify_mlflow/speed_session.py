@@ -165,11 +165,17 @@ class SessionResult:
                 vs_ort = self.ratio(reference, candidate, key, f"onnxruntime.{setting}")
                 if vs_ort is not None:
                     out[f"speedup_vs_onnxruntime.{key}"] = vs_ort
+        out.update({f"speedup_vs_best_dense.bs{bs}": r for bs, r in self.fastest_ratios(reference, candidate).items()})
+        return out
+
+    def fastest_ratios(self, reference: str, candidate: str) -> dict[int, Ratio]:
+        """Per batch size: the candidate's fastest engine against the reference's fastest (see `fastest`)."""
+        out: dict[int, Ratio] = {}
         for bs in sorted({int(key.rsplit(".bs", 1)[1]) for key in self.measurements.get(candidate, {})}):
             ref_key, cand_key = self.fastest(reference, bs), self.fastest(candidate, bs)
             best = self.ratio(reference, candidate, cand_key, ref_key) if ref_key and cand_key else None
             if best is not None:
-                out[f"speedup_vs_best_dense.bs{bs}"] = best
+                out[bs] = best
         return out
 
     def reliability(self, ratios: dict[str, Ratio] | None = None) -> Reliability:

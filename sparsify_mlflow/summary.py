@@ -66,6 +66,10 @@ def summary_rows(result: ExperimentResult) -> list[tuple[str, str, str, str]]:
     for batch in (1, bs):  # what a user gains over the best dense deployment the session timed
         if f"speedup_vs_best_dense.bs{batch}" in comparison:
             rows.append((f"fastest vs fastest dense engine, bs{batch}", "", "", speedup(f"speedup_vs_best_dense.bs{batch}")))
+    for batch in (1, bs):  # what pruning added over quantizing the dense model alone
+        if f"speedup_vs_int8_only.bs{batch}" in comparison:
+            rows.append((f"fastest vs INT8 alone (post-training), bs{batch}", "", "",
+                         speedup(f"speedup_vs_int8_only.bs{batch}")))
     mb = 1024 * 1024
     rows.append(("ONNX size (MiB)", num(dense.exported.size_bytes / mb, ".2f"),
                  num(sparse.exported.size_bytes / mb, ".2f"),
@@ -75,6 +79,28 @@ def summary_rows(result: ExperimentResult) -> list[tuple[str, str, str, str]]:
                  ratio(dense.exported.gzip_size_bytes, sparse.exported.gzip_size_bytes)))
     rows.append(("training time (s)", num(dense.train_seconds, ".0f"), num(sparse.train_seconds, ".0f"), ""))
     return rows
+
+
+def int8_only_line(result: ExperimentResult) -> str | None:
+    """One line on what pruning added over INT8 alone (the dense model quantized post-training), with both
+    metrics; None without a reference."""
+    ref = result.int8_only
+    if ref is None:
+        return None
+    what = "INT8 alone (the dense model quantized post-training, no training)"
+    if ref.failure is not None:
+        return f"{what} failed, so nothing is compared with it: {ref.failure}"
+    comparison, bs = result.comparison, result.config.benchmark_batch_size
+    main = ref.report.onnx_metrics
+    gains = {batch: comparison[f"speedup_vs_int8_only.bs{batch}"] for batch in (1, bs)
+             if f"speedup_vs_int8_only.bs{batch}" in comparison}
+    head = (f"{what}: {main.main_name} {main.main:.4f} "
+            f"({points(100 * (result.dense.onnx_metrics.main - main.main))} vs dense)")
+    if not gains:
+        return f"{head}; not timed beside the sparse model"
+    at = " and ".join(f"{g:.2f}x at bs{batch}" for batch, g in gains.items())
+    verdict = "pruning adds" if min(gains.values()) >= 1 else "INT8 alone is faster here: pruning gives"
+    return f"{head}. {verdict} {at} over it, at {points(comparison['main_drop_vs_int8_only'])}."
 
 
 def points(drop: float) -> str:
@@ -103,6 +129,8 @@ def print_summary(result: ExperimentResult, console: Console | None = None) -> N
     )
     console.print(escape(f"Speedups: median [min-max] of {cfg.benchmark_rounds} alternating rounds of one benchmark "
                          f"session, each model against the dense one on the same engine."))
+    if (line := int8_only_line(result)) is not None:
+        console.print(escape(line))
     if not result.reliability.reliable:
         console.print(escape(f"warning: (!) speedups unreliable: {result.reliability.reason}"))
     for note in result.notes:
@@ -144,6 +172,9 @@ def summary_dict(result: ExperimentResult) -> dict[str, Any]:
         "dense": result.dense.flat_metrics(),
         "sparse": result.sparse.flat_metrics(),
         "comparison": result.comparison,
+        "int8_only": None if result.int8_only is None else {
+            "failure": result.int8_only.failure,
+            "metrics": None if result.int8_only.report is None else result.int8_only.report.flat_metrics()},
         "registered_model": None if reg is None else {
             "name": reg.name, "version": reg.version, "alias": reg.alias, "model_uri": reg.model_uri},
         "artifacts": {

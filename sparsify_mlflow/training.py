@@ -288,7 +288,7 @@ def train_stepping_down(model: nn.Module, use_case: UseCase, data: DataBundle, s
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
             if not is_out_of_memory(exc):
                 raise
-            error = _first_line(exc)
+            error = error_line(exc)
         model.cpu()  # the failed attempt leaves the device (the caller may still hold it)
         _release_memory()
         batch_size = stage.batch_size
@@ -312,7 +312,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _first_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """One line for an error: its type and the first line of its message."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 

@@ -15,6 +15,7 @@ from helpers import REPO
 from helpers.mlflow_checks import (
     assert_comparison_follows_its_definitions,
     assert_exported_sparsity,
+    assert_int8_only_reference,
     family,
     registered_versions,
     run_project,
@@ -23,14 +24,16 @@ from sparsify_mlflow.cli import main
 
 pytestmark = pytest.mark.e2e
 
-TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8",
-        "--image-size", "32", "--benchmark-batch-size", "4", "--benchmark-iterations", "3", "--benchmark-rounds", "3"]
+WITH_REFERENCE = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--image-size", "32",
+                  "--benchmark-batch-size", "4", "--benchmark-iterations", "3", "--benchmark-rounds", "3"]
+TINY = [*WITH_REFERENCE, "--no-int8-reference"]  # the INT8-only reference costs ~20 s; one test keeps it
 
 
-def assert_complete_experiment(store: str, summary: dict, level: float, target: float) -> None:
+def assert_complete_experiment(store: str, summary: dict, level: float, target: float,
+                               roles: frozenset[str] | set[str] = frozenset({"dense", "sparse"})) -> None:
     parent, children = family(store, summary["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    assert set(children) == {"dense", "sparse"}
+    assert set(children) == roles
     assert all(c.info.status == "FINISHED" for c in children.values())
     params, metrics = parent.data.params, parent.data.metrics
     assert float(params["config.optim_level"]) == level
@@ -118,9 +121,11 @@ def test_cli_end_to_end_then_a_second_level_reuses_the_baseline(image_folder: Pa
     summary_path = tmp_path / "summary.json"
     run_cli("training-aware", "--use-case", "image_classification", "--data", str(image_folder),
             "--optim-level", "0.5", "--tracking-uri", store, "--working-dir", str(tmp_path),
-            "--summary-json", str(summary_path), "--registered-model-name", "tiny", *TINY)
+            "--summary-json", str(summary_path), "--registered-model-name", "tiny", *WITH_REFERENCE)
     summary = json.loads(summary_path.read_text())
-    assert_complete_experiment(store, summary, 0.5, 0.7)
+    assert_complete_experiment(store, summary, 0.5, 0.7, roles={"dense", "sparse", "int8_only"})
+    assert assert_int8_only_reference(store, summary["parent_run_id"]), summary["int8_only"]["failure"]
+    assert summary["int8_only"]["metrics"]["sparsity.exported"] < 0.2
     assert summary["registered_model"] == {"name": "tiny", "version": "1", "alias": "candidate",
                                            "model_uri": "models:/tiny@candidate"}
     client = MlflowClient(tracking_uri=store, registry_uri=store)
@@ -153,6 +158,7 @@ def test_mlflow_run_entry_point(image_folder: Path, store: str, tmp_path: Path) 
     params = {"use_case": "cv-classification", "data": str(image_folder), "optim_level": "0.5",
               "model": "resnet18", "pretrained": "false", "epochs": "2", "batch_size": "8",
               "image_size": "32", "benchmark_batch_size": "4", "benchmark_iterations": "3", "benchmark_rounds": "3",
+              "int8_reference": "false",
               "registered_model_name": "via-mlflow-run", "working_dir": str(tmp_path),
               "summary_json": str(summary_path)}
     proc = run_project(REPO, params, store, tmp_path, "mlflow-run-e2e")

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.e2e
 
 # batch size 4: 12 training images make 3 steps per epoch, so the QAT phase (the last 2/3 epoch) trains
 TINY = {"optim_level": "0.5", "epochs": "2", "batch_size": "4", "image_size": "32",
-        "benchmark_batch_size": "4", "benchmark_iterations": "3", "benchmark_rounds": "3", "pretrained": "false"}
+        "benchmark_batch_size": "4", "benchmark_iterations": "3", "benchmark_rounds": "3",
+        "int8_reference": "false", "pretrained": "false"}
 
 
 def _cli_args(options: dict[str, str]) -> list[str]:

@@ -18,7 +18,7 @@ from sparsify_mlflow.cli import main
 from sparsify_mlflow.data.embedded_entities import generate_ner
 
 TINY = ["--epochs", "2", "--batch-size", "16", "--benchmark-batch-size", "4", "--benchmark-iterations", "3",
-        "--benchmark-rounds", "3"]
+        "--benchmark-rounds", "3", "--no-int8-reference"]
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:
@@ -116,7 +116,7 @@ def test_the_packaged_minilm_is_the_default_model(store: str, tmp_path: Path, us
     assert main(["training-aware", "--use-case", use_case, "--data", str(data),
                  "--max-seq-length", "32" if use_case == "ner" else "64", "--epochs", "1", "--batch-size", "4",
                  "--benchmark-batch-size", "2", "--benchmark-iterations", "3",
-                 "--benchmark-rounds", "3", "--tracking-uri", store,
+                 "--benchmark-rounds", "3", "--no-int8-reference", "--tracking-uri", store,
                  "--working-dir", str(tmp_path), "--summary-json", str(summary_path),
                  "--registered-model-name", f"minilm-{use_case}"]) == 0
     summary = json.loads(summary_path.read_text())
@@ -163,7 +163,8 @@ def test_qa_end_to_end_through_mlflow_run_with_doc_stride(store: str, tmp_path: 
     params = {"use_case": "qa", "data": str(data), "model": str(tiny_bert), "epochs": "2", "batch_size": "16",
               "max_seq_length": "64", "doc_stride": "16", "max_answer_length": "8", "benchmark_batch_size": "4",
               "benchmark_iterations": "3",
-              "benchmark_rounds": "3", "registered_model_name": "tiny-qa", "working_dir": str(tmp_path),
+              "benchmark_rounds": "3",
+              "int8_reference": "false", "registered_model_name": "tiny-qa", "working_dir": str(tmp_path),
               "summary_json": str(summary_path)}
     proc = run_project(REPO, params, store, tmp_path, "qa-mlflow-run")
     assert proc.returncode == 0, proc.stderr[-3000:]

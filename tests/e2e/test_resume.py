@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 EPOCHS = 4
 TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", str(EPOCHS), "--batch-size", "4",
         "--image-size", "16", "--benchmark-batch-size", "2", "--benchmark-iterations", "3", "--benchmark-rounds", "3",
+        "--no-int8-reference",
         "--deploy-engine", "onnxruntime", "--registered-model-name", "resumed"]
 
 

@@ -35,7 +35,8 @@ from sparsify_mlflow.cli import main
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sweep")]
 
 TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8",
-        "--image-size", "32", "--benchmark-batch-size", "4", "--benchmark-iterations", "3", "--benchmark-rounds", "3"]
+        "--image-size", "32", "--benchmark-batch-size", "4", "--benchmark-iterations", "3", "--benchmark-rounds", "3",
+        "--no-int8-reference"]
 NAME = "tiny-sweep"
 FAILING_LEVEL = 0.7          # made to fail: the sweep must record it and go on
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots (ignored by git)

@@ -166,3 +166,56 @@ def assert_exported_sparsity(exported: float, target: float) -> None:
     a barely trained model has many of them (CI saw 0.7206 at target 0.7).
     """
     assert target - 0.02 <= exported <= target + 0.04, (exported, target)
+
+
+def assert_int8_only_reference(store: str, parent_id: str) -> bool:
+    """The INT8-only reference as the store holds it; True when it was usable (and so compared).
+
+    Usable (`sparsify.int8_only` = ok): its child run FINISHED, its file INT8 and within 5 points of the
+    dense file, `main_drop_vs_int8_only` = 100 * (reference - sparse) and every `speedup_vs_int8_only.bs<N>`
+    the median over the rounds of the reference's fastest engine against the sparse model's fastest (the
+    `sparsify.fastest_*` tags), also in the headline and on the `<model>-int8-only` LoggedModel.
+    Failed: its run FAILED with the reason tagged, and nothing compares with it.
+    """
+    import statistics
+
+    import mlflow
+
+    client = MlflowClient(tracking_uri=store)
+    parent, children = family(store, parent_id)
+    metrics, verdict = parent.data.metrics, parent.data.tags["sparsify.int8_only"]
+    reference = children["int8_only"]
+    main = parent.data.params.get("config.eval_metric") or _main_metric_name(metrics)
+    if verdict != "ok":
+        assert verdict.startswith("failed: ") and reference.info.status == "FAILED", (verdict, reference.info.status)
+        assert verdict.removeprefix("failed: ")[:200] in reference.data.tags["sparsify.failure_reason"]
+        assert not [k for k in metrics if "vs_int8_only" in k], sorted(metrics)
+        return False
+    assert reference.info.status == "FINISHED"
+    drop = 100 * (metrics[f"dense.onnx.{main}"] - metrics[f"int8_only.onnx.{main}"])
+    assert drop <= 5.0 and metrics["int8_only.main_drop"] == round(drop, 4)
+    assert metrics["main_drop_vs_int8_only"] == round(
+        100 * (metrics[f"int8_only.onnx.{main}"] - metrics[f"sparse.onnx.{main}"]), 4)
+    assert metrics["int8_only.sparsity.exported"] < 0.2, "post-training: no pruning"
+
+    def rounds(run_id: str, key: str) -> list[float]:
+        history = sorted(client.get_metric_history(run_id, f"{key}.round_latency_ms"), key=lambda m: m.step)
+        return [m.value for m in history]
+
+    gains = {k: v for k, v in metrics.items() if k.startswith("speedup_vs_int8_only.") and not k.endswith((".min", ".max"))}
+    assert gains, sorted(metrics)
+    for name, value in gains.items():
+        bs = name.rsplit(".", 1)[1]
+        ref_key = f"{parent.data.tags[f'sparsify.fastest_int8_only.{bs}']}.{bs}"
+        sparse_key = f"{parent.data.tags[f'sparsify.fastest_sparse.{bs}']}.{bs}"
+        ratios = [r / s for r, s in zip(rounds(reference.info.run_id, ref_key),
+                                        rounds(children["sparse"].info.run_id, sparse_key))]
+        assert abs(value - statistics.median(ratios)) <= 1e-6 * value, (name, value, ratios)
+        assert metrics[f"speedup_vs_int8_only_{bs}"] == value  # the headline
+    mlflow.set_tracking_uri(store)
+    models = {m.name: m for m in mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id],
+                                                             output_format="list")}
+    logged = models[f"{Path(parent.data.params['config.model']).stem}-int8-only"]
+    linked = {m.key: m.value for m in logged.metrics if m.run_id == reference.info.run_id}
+    assert linked["metric"] == metrics[f"int8_only.onnx.{main}"] and linked["int8"] == 1.0
+    return True

@@ -37,7 +37,7 @@ from sparsify_mlflow.validation import build_config
 
 SEQ = 32
 TINY = ["--epochs", "1", "--max-seq-length", str(SEQ), "--batch-size", "16",
-        "--benchmark-batch-size", "4", "--benchmark-iterations", "3", "--benchmark-rounds", "3"]
+        "--benchmark-batch-size", "4", "--benchmark-iterations", "3", "--benchmark-rounds", "3", "--no-int8-reference"]
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +282,8 @@ def test_mlflow_run_on_a_csv_folder(store: str, tmp_path: Path, tiny_bert: Path)
               "label_column": "label",
               "distill": "true", "distill_hardness": "0.6", "benchmark_batch_size": "4",
               "benchmark_iterations": "3",
-              "benchmark_rounds": "3", "registered_model_name": "csv-text", "working_dir": str(tmp_path),
+              "benchmark_rounds": "3",
+              "int8_reference": "false", "registered_model_name": "csv-text", "working_dir": str(tmp_path),
               "summary_json": str(summary_path)}
     proc = run_project(REPO, params, store, tmp_path, "nlp-mlflow-run")
     assert proc.returncode == 0, proc.stderr[-3000:]
