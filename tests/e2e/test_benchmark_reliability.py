@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.serial,
               pytest.mark.skipif(not deepsparse_status()[0], reason=f"needs DeepSparse: {deepsparse_status()[1]}")]
 
 ARGS = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8", "--image-size", "32",
-        "--benchmark-batch-size", "4", "--benchmark-iterations", "40", "--optim-level", "0.5"]
+        "--benchmark-batch-size", "4", "--benchmark-iterations", "40", "--optim-level", "0.5", "--no-int8-reference"]
 BURN = "while True: pass"
 
 
