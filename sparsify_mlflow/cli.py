@@ -245,14 +245,18 @@ def sweep(ctx: click.Context, optim_levels: str, max_metric_drop: float | None, 
 @click.option("--speedup-against", type=click.Choice(["best-dense", "same-engine"]), default="best-dense",
               show_default=True, help="Which speedup --min-speedup reads: against the fastest dense engine the "
               "session timed, or the dense model on the same engine.")
+@click.option("--min-speedup-vs-int8", type=OPT_FLOAT, default=None,
+              help="Refuse if its fastest deployment is less than this much faster than the INT8-only reference "
+              "(the dense model quantized post-training; tag speedup_vs_int8_only).")
 @click.option("--accept-unreliable-speedup", "accept_unreliable", type=TRUE_FALSE, default="false",
               is_flag=False, flag_value="true",
               help="Let --min-speedup pass a speedup whose benchmark session was marked unreliable (machine busy).")
 @click.option("--reason", default=None, help="Why: recorded on the version with who and when.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI; else MLFLOW_TRACKING_URI; else sqlite:///./mlflow.db.")
 def promote(registered_model_name: str, version: str | None, alias: str | None, to: str,
-            max_metric_drop: float | None, min_speedup: float | None, speedup_against: str, accept_unreliable: str,
-            reason: str | None, tracking_uri: str | None) -> None:
+            max_metric_drop: float | None, min_speedup: float | None, speedup_against: str,
+            min_speedup_vs_int8: float | None, accept_unreliable: str, reason: str | None,
+            tracking_uri: str | None) -> None:
     """Move an alias (champion) to a version after checking its gates; the old holder stays previous-<alias>."""
     from pathlib import Path
 
@@ -264,7 +268,8 @@ def promote(registered_model_name: str, version: str | None, alias: str | None, 
     tracking.require_existing_store(uri)
     tracking.connect(uri)
     done = run_promote(registered_model_name, to=to, version=version or None, alias=alias or None,
-                       gates=Gates(max_metric_drop, min_speedup, accept_unreliable.lower() == "true", speedup_against),
+                       gates=Gates(max_metric_drop, min_speedup, accept_unreliable.lower() == "true", speedup_against,
+                                   min_speedup_vs_int8),
                        reason=reason)
     if not done.changed:
         click.echo(f"{done.name} version {done.version} already is @{done.alias}; nothing changed")

@@ -573,9 +573,10 @@ def log_reference(session: Session, dense: ModelReport, int8_only: Int8Only, spe
         return [f"INT8-only reference failed: {int8_only.failure}"]
     own, _ = compare(dense, rep, speed, INT8_ONLY_LABEL)
     tracking.log_metrics({f"{INT8_ONLY_LABEL}.{k}": v for k, v in (rep.flat_metrics() | own).items()})
-    if rep.logged_model is not None:
+    if rep.logged_model is not None and not int8_only.linked:
         link_metrics(rep.logged_model, rep.run_id, rep.headline(own, cfg.deploy_engine, cfg.benchmark_batch_size)
                      | rep.engine_figures())
+        int8_only.linked = True
     return [] if int8_only.failure is None else [f"INT8-only reference failed, not compared: {int8_only.failure}"]
 
 
@@ -690,6 +691,9 @@ def registry_tags(cfg: ExperimentConfig, use_case: UseCase, data: DataBundle, re
         best = comparison.get(f"speedup_vs_best_dense.bs{bs}")
         if best is not None:  # the fastest deployment against the fastest dense engine (promote's default gate)
             tags[tag.replace("speedup", "speedup_vs_best_dense")] = f"{best:.2f}"
+        over_int8 = comparison.get(f"speedup_vs_int8_only.bs{bs}")
+        if over_int8 is not None:  # against INT8 alone (promote --min-speedup-vs-int8)
+            tags[tag.replace("speedup", "speedup_vs_int8_only")] = f"{over_int8:.2f}"
     return tags
 
 

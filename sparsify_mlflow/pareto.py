@@ -22,6 +22,8 @@ class Point:
     main_drop: float = 0.0          # points lost against the dense baseline (negative: gained)
     speedup: float | None = None    # batch-1 speed against the dense baseline on the same engine
     is_dense: bool = False
+    over_int8_only: float | None = None  # batch-1 speed against the INT8-only reference (fastest vs fastest)
+    is_int8_only: bool = False           # the reference: the dense model quantized post-training
 
 
 def pareto_front(points: list[Point], axis: str) -> list[int]:
@@ -63,6 +65,9 @@ def recommend(points: list[Point], max_metric_drop: float | None = None,
     given there is no recommendation: "fastest" alone would always pick the sparsest level. A level
     no faster than the dense model (speedup <= 1 on `engine`) is never recommended on speed.
     Ties on latency go to the higher main metric, then to the lower level (listed first).
+    With an INT8-only point among `points`, only levels faster than it count; when none is, the
+    reference itself is recommended if it meets the gates (a pruned model slower than INT8 alone is
+    not worth its training).
     """
     if max_metric_drop is None and min_speedup is None:
         return Recommendation(None, "no recommendation: give --max-metric-drop and/or --min-speedup")
@@ -72,17 +77,37 @@ def recommend(points: list[Point], max_metric_drop: float | None = None,
     if min_speedup is not None:
         gates.append(f"a speedup of at least {min_speedup:g}x")
     wanted = " and ".join(gates)
-    ok = [i for i, p in enumerate(points)
-          if not p.is_dense and p.latency_ms is not None and math.isfinite(p.latency_ms)
-          and (max_metric_drop is None or p.main_drop <= max_metric_drop + EPS)
-          and (min_speedup is None or (p.speedup is not None and p.speedup >= min_speedup - EPS))]
+
+    def meets_gates(p: Point) -> bool:
+        return (p.latency_ms is not None and math.isfinite(p.latency_ms)
+                and (max_metric_drop is None or p.main_drop <= max_metric_drop + EPS)
+                and (min_speedup is None or (p.speedup is not None and p.speedup >= min_speedup - EPS)))
+
+    ok = [i for i, p in enumerate(points) if not p.is_dense and not p.is_int8_only and meets_gates(p)]
     if not ok:
         return Recommendation(None, f"no level met {wanted}")
+    reference = next((i for i, p in enumerate(points) if p.is_int8_only), None)
+    if reference is not None:
+        beating = [i for i in ok if points[i].over_int8_only is not None and points[i].over_int8_only > 1.0 + EPS]
+        if not beating:
+            fastest = min(ok, key=lambda i: (points[i].latency_ms, -points[i].main, i))
+            versus = points[fastest].over_int8_only
+            why = (f"no level with {wanted} is faster than INT8 alone (the dense model quantized post-training)"
+                   + ("" if versus is None else f": the fastest, level {points[fastest].label}, runs at "
+                      f"{versus:.2f}x its speed"))
+            if meets_gates(points[reference]):
+                ref = points[reference]
+                return Recommendation(reference, f"{why}; the INT8-only model is recommended instead "
+                                                 f"({ref.latency_ms:.2f} ms at batch size 1, {ref.main_drop:+.2f} points)")
+            return Recommendation(None, f"{why}, and INT8 alone misses the gates; none recommended")
+        ok = beating
     best = min(ok, key=lambda i: (points[i].latency_ms, -points[i].main, i))
     p = points[best]
     if p.speedup is not None and p.speedup <= 1.0 + EPS:
         return Recommendation(None, f"no level is faster than the dense model on {engine}: the fastest with "
                                     f"{wanted}, level {p.label}, runs at {p.speedup:.2f}x its speed; none recommended")
     speed = "" if p.speedup is None else f", {p.speedup:.2f}x the dense speed"
+    if p.over_int8_only is not None:
+        speed += f", {p.over_int8_only:.2f}x INT8 alone"
     return Recommendation(best, f"level {p.label} is the fastest with {wanted} "
                                 f"({p.latency_ms:.2f} ms at batch size 1{speed}, {p.main_drop:+.2f} points)")

@@ -36,6 +36,7 @@ class Gates:
     min_speedup: float | None = None       # x
     accept_unreliable: bool = False        # let --min-speedup pass a speedup its benchmark marked unreliable
     speedup_against: str = "best-dense"    # which speedup --min-speedup reads: best-dense or same-engine
+    min_speedup_vs_int8: float | None = None  # x, over the INT8-only reference (tag speedup_vs_int8_only)
 
 
 SPEEDUP_AGAINST = {"best-dense": "speedup_vs_best_dense", "same-engine": "speedup"}
@@ -77,16 +78,20 @@ def check_gates(name: str, version: str, tags: dict[str, str], gates: Gates) -> 
     for gate, tag, bound, ok, words in (
         ("--max-metric-drop", "main_drop", gates.max_metric_drop, lambda v, b: v <= b + EPS, "<="),
         ("--min-speedup", speedup_tag, gates.min_speedup, lambda v, b: v >= b - EPS, ">="),
+        ("--min-speedup-vs-int8", "speedup_vs_int8_only", gates.min_speedup_vs_int8, lambda v, b: v >= b - EPS, ">="),
     ):
         if bound is None:
             continue
+        if tag == "speedup_vs_int8_only" and tag not in tags:
+            raise PromotionRefused(f"refused: {name} version {version} has no '{tag}' tag to check {gate} against: "
+                                   f"its experiment ran without the INT8-only reference, or the reference failed")
         value = _tag_number(name, version, tags, tag, gate)
         if not ok(value, bound):
             what = (f"drops {value:.2f} points of {tags.get('main_metric', 'its main metric')}, more than "
                     f"{gate} {_num(bound)}" if tag == "main_drop"
                     else f"has a {tag} of {value:.2f}x, below {gate} {_num(bound)}")
             raise PromotionRefused(f"refused: {name} version {version} {what}")
-        if tag == speedup_tag and tags.get("benchmark_reliable") == "false":
+        if tag != "main_drop" and tags.get("benchmark_reliable") == "false":
             if not gates.accept_unreliable:
                 raise PromotionRefused(
                     f"refused: {name} version {version}'s speedup {value:.2f}x comes from an unreliable benchmark "

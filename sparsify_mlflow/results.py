@@ -127,6 +127,7 @@ class Int8Only:
 
     report: ModelReport | None
     failure: str | None = None
+    linked: bool = False  # its LoggedModel's metrics are linked (once: a sweep concludes many levels)
 
     @property
     def usable(self) -> ModelReport | None:

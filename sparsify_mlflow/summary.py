@@ -240,9 +240,10 @@ def print_sweep_summary(result: Any, console: Console | None = None) -> None:
         console.print(escape(f"note: {note}"))
     console.print(escape(f"Recommendation: {result.recommendation.reason}"))
     chosen = result.recommended
-    if chosen is not None and chosen.result.registered:
-        reg = chosen.result.registered
-        console.print(f"Registered [bold]{reg.name}[/] version {reg.version} as @recommended and @candidate "
+    reg = chosen.result.registered if chosen is not None else result.int8_only_version
+    if reg is not None:
+        what = " (INT8 alone)" if chosen is None else ""
+        console.print(f"Registered [bold]{reg.name}[/] version {reg.version}{what} as @recommended and @candidate "
                       f"(models:/{reg.name}@recommended)")
     elif result.registered_model_name:
         console.print(f"Every finished level is a version of [bold]{result.registered_model_name}[/] "
@@ -272,9 +273,12 @@ def sweep_summary_dict(result: Any) -> dict[str, Any]:
         "table": result.rows,
         "recommendation": {"reason": result.recommendation.reason,
                            "optim_level": None if chosen is None else chosen.level,
+                           "int8_only": result.recommends_int8_only,
                            "run_id": None if chosen is None else chosen.run_id,
                            "registered_version": chosen.result.registered.version
-                           if chosen is not None and chosen.result.registered else None},
+                           if chosen is not None and chosen.result.registered else
+                           result.int8_only_version.version if result.int8_only_version else None},
+        "int8_only": None if result.int8_only is None else {"failure": result.int8_only.failure},
         "folder": str(result.folder),
         "notes": result.notes,
     }

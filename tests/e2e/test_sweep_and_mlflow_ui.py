@@ -35,8 +35,7 @@ from sparsify_mlflow.cli import main
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sweep")]
 
 TINY = ["--model", "resnet18", "--no-pretrained", "--epochs", "2", "--batch-size", "8",
-        "--image-size", "32", "--benchmark-batch-size", "4", "--benchmark-iterations", "3", "--benchmark-rounds", "3",
-        "--no-int8-reference"]
+        "--image-size", "32", "--benchmark-batch-size", "4", "--benchmark-iterations", "3", "--benchmark-rounds", "3"]
 NAME = "tiny-sweep"
 FAILING_LEVEL = 0.7          # made to fail: the sweep must record it and go on
 ARTIFACTS = REPO / "tests" / "artifacts"  # screenshots (ignored by git)
@@ -122,7 +121,9 @@ def test_table_figure_recommendation_and_registry(sweep: Sweep, tmp_path: Path) 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
     rows = list(csv.DictReader(open(sweep.client.download_artifacts(parent_id, "sweep_table.csv", str(tmp_path)))))
-    assert [r["level"] for r in rows] == ["dense", "0", "0.5", "0.7"]
+    reference = sweep.summary["int8_only"]
+    usable = reference["failure"] is None  # the INT8-only reference: a row of its own when it is usable
+    assert [r["level"] for r in rows] == ["dense", *(["int8-only"] if usable else []), "0", "0.5", "0.7"], reference
     by_level = {r["level"]: r for r in rows}
     assert by_level["0.7"]["status"] == "FAILED" and "injected failure" in by_level["0.7"]["failure_reason"]
     for level in ("dense", "0", "0.5"):
@@ -132,16 +133,25 @@ def test_table_figure_recommendation_and_registry(sweep: Sweep, tmp_path: Path) 
             assert float(row[column]) >= (0 if column != "main_drop" else -100), (level, column)
     assert float(by_level["0.5"]["sparsity"]) > 0.6 and float(by_level["dense"]["speedup_bs1"]) == 1.0
     table = json.loads(Path(sweep.client.download_artifacts(parent_id, "sweep_table.json", str(tmp_path))).read_text())
-    assert table["columns"][:2] == ["level", "status"] and len(table["data"]) == 4  # MLflow's table format
+    assert table["columns"][:2] == ["level", "status"] and len(table["data"]) == len(rows)  # MLflow's table format
 
     # --max-metric-drop 100 admits every finished level: the fastest at batch size 1 is recommended if it
-    # is faster than the dense model on the same engine; at 32 px a sparse INT8 resnet18 usually is not
-    finished = [r for r in rows if r["level"] not in ("dense", "0.7")]
+    # is faster than the dense model on the same engine and than INT8 alone; at 32 px it usually is not
+    finished = [r for r in rows if r["level"] not in ("dense", "int8-only", "0.7")]
     fastest = min(finished, key=lambda r: float(r["latency_ms_bs1"]))
     rec = sweep.summary["recommendation"]
     recommended = [r["level"] for r in rows if r["recommended"] == "True"]
     parent = sweep.client.get_run(parent_id)
-    if float(fastest["speedup_bs1"]) > 1:
+    level_0_5 = next(r for r in rows if r["level"] == "0.5")
+    beats_int8 = not usable or float(level_0_5["speedup_vs_int8_only_bs1"]) > 1
+    if usable and not beats_int8:  # no level faster than INT8 alone: the reference is the recommendation
+        assert recommended == ["int8-only"] and rec["int8_only"] and rec["optim_level"] is None, rec
+        assert "is faster than INT8 alone" in rec["reason"] and "INT8-only model is recommended" in rec["reason"]
+        assert parent.data.tags["sparsify.recommended_level"] == "int8-only"
+        version = sweep.client.get_model_version_by_alias(NAME, "recommended")
+        assert version.tags["int8_only"] == "true" and str(version.version) == rec["registered_version"]
+        assert version.tags["main_drop"] == f"{float(next(r for r in rows if r['level'] == 'int8-only')['main_drop']):.2f}"
+    elif float(fastest["speedup_bs1"]) > 1 and beats_int8:
         assert recommended == [fastest["level"]]
         assert rec["optim_level"] == float(fastest["level"]) and rec["registered_version"] == fastest["registered_version"]
         assert parent.data.tags["sparsify.recommended_level"] == fastest["level"]
@@ -151,8 +161,9 @@ def test_table_figure_recommendation_and_registry(sweep: Sweep, tmp_path: Path) 
         assert "sparsify.recommended_level" not in parent.data.tags
 
     versions = {str(v.version): v for v in sweep.client.search_model_versions(f"name='{NAME}'")}
-    assert len(versions) == 2, "one version per finished level"
-    assert sorted(v.tags["optim_level"] for v in versions.values()) == ["0", "0.5"]
+    int8_version = ["int8-only"] if recommended == ["int8-only"] else []
+    assert len(versions) == 2 + len(int8_version), "one version per finished level (and INT8 alone if recommended)"
+    assert sorted(v.tags["optim_level"] for v in versions.values()) == [""] * len(int8_version) + ["0", "0.5"]
     assert all(v.tags["sweep_run_id"] == parent_id for v in versions.values())
     # search_model_versions leaves aliases out: read each version
     aliases = {alias for v in versions for alias in sweep.client.get_model_version(NAME, v).aliases}

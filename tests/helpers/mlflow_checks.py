@@ -212,6 +212,11 @@ def assert_int8_only_reference(store: str, parent_id: str) -> bool:
                                         rounds(children["sparse"].info.run_id, sparse_key))]
         assert abs(value - statistics.median(ratios)) <= 1e-6 * value, (name, value, ratios)
         assert metrics[f"speedup_vs_int8_only_{bs}"] == value  # the headline
+    registered = parent.data.tags.get("sparsify.registered_model")
+    if registered:  # what promote --min-speedup-vs-int8 reads
+        tags = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version(
+            registered, parent.data.tags["sparsify.registered_version"]).tags
+        assert tags["speedup_vs_int8_only"] == f"{metrics['speedup_vs_int8_only.bs1']:.2f}"
     mlflow.set_tracking_uri(store)
     models = {m.name: m for m in mlflow.search_logged_models(experiment_ids=[parent.info.experiment_id],
                                                              output_format="list")}

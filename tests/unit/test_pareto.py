@@ -67,6 +67,24 @@ def test_no_gate_no_recommendation_and_none_met_says_why() -> None:
     assert none.index is None and none.reason == "no level met a drop of at most 0.1 points"
 
 
+def test_only_levels_faster_than_int8_alone_count_else_the_reference_is_recommended() -> None:
+    from dataclasses import replace
+
+    int8 = Point("int8-only", main=0.945, latency_ms=8.0, throughput=100.0, main_drop=0.5, speedup=5.0,
+                 is_int8_only=True)
+    faster = [DENSE, replace(L01, over_int8_only=0.6), replace(L05, over_int8_only=0.9),
+              replace(L10, over_int8_only=1.6), int8]
+    pick = recommend(faster, max_metric_drop=10.0)  # 1.0 beats INT8 alone: it stays the pick
+    assert pick.index == 3 and "1.60x INT8 alone" in pick.reason
+    pick = recommend(faster, max_metric_drop=1.0)   # within 1 point no level beats it: the reference wins
+    assert pick.index == 4 and "no level with a drop of at most 1 points is faster than INT8 alone" in pick.reason
+    assert "level 0.5, runs at 0.90x its speed" in pick.reason and "INT8-only model is recommended" in pick.reason
+    strict = recommend(faster, max_metric_drop=0.2)  # INT8 alone loses 0.5 points: it misses the gate too
+    assert strict.index is None and "INT8 alone misses the gates" in strict.reason
+    without = recommend([p for p in faster if not p.is_int8_only], max_metric_drop=1.0)
+    assert without.index == 2, "without a reference the rule is unchanged"
+
+
 def test_the_dense_baseline_is_never_recommended_and_ties_go_to_accuracy() -> None:
     assert recommend([DENSE], max_metric_drop=100).index is None
     a = Point("0.5", main=0.90, latency_ms=9.0, throughput=90.0, main_drop=1.0, speedup=4.0)

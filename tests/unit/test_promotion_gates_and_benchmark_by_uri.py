@@ -146,6 +146,26 @@ def test_min_speedup_reads_the_best_dense_engine_unless_told_same_engine(reg: Re
     assert reg.tags(older)["promotion_checks"].startswith("no speedup_vs_best_dense tag")
 
 
+def test_min_speedup_vs_int8_gates_on_what_pruning_added_over_int8_alone(reg: Registry, capsys) -> None:
+    """3x over dense, but 0.8x the INT8-only reference: refused; a version without the figure too."""
+    slower = reg.register(sparsify_tags(drop=0.2, speedup=3.0) | {"speedup_vs_int8_only": "0.80"})
+    capsys.readouterr()
+    assert reg.promote("--version", slower, "--to", "champion", "--min-speedup-vs-int8", "1") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: refused: {reg.name} version {slower} has a speedup_vs_int8_only of 0.80x, below --min-speedup-vs-int8 1")
+    without = reg.register(sparsify_tags(drop=0.2, speedup=3.0))
+    assert reg.promote("--version", without, "--to", "champion", "--min-speedup-vs-int8", "1") == 2
+    assert "ran without the INT8-only reference, or the reference failed" in capsys.readouterr().err
+    unreliable = reg.register(sparsify_tags(drop=0.2, speedup=3.0) | {"speedup_vs_int8_only": "1.70",
+                                                                       "benchmark_reliable": "false"})
+    assert reg.promote("--version", unreliable, "--to", "champion", "--min-speedup-vs-int8", "1.5") == 2
+    assert "unreliable benchmark" in capsys.readouterr().err
+    assert reg.alias_of("champion") is None
+    faster = reg.register(sparsify_tags(drop=0.2, speedup=3.0) | {"speedup_vs_int8_only": "1.70"})
+    assert reg.promote("--version", faster, "--to", "champion", "--min-speedup-vs-int8", "1.5") == 0
+    assert reg.tags(faster)["promotion_checks"] == "speedup_vs_int8_only 1.7 >= 1.5"
+
+
 def test_a_version_without_the_tags_is_refused_when_a_gate_needs_them(reg: Registry, capsys) -> None:
     plain = reg.register({})
     assert reg.promote("--version", plain, "--to", "champion", "--max-metric-drop", "1") == 2
