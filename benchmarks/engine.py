@@ -57,7 +57,8 @@ def engine_section(st: Settings, work: Path, reuse: bool, say: Say, resume: bool
 def _build_key(spec: ModelSpec, level: float, target: str) -> str:
     """What makes a built model reusable: the spec, the level, the target and the code that builds it."""
     code = "".join((ROOT / p).read_text() for p in (
-        "sparsify_mlflow/levels.py", "sparsify_mlflow/export.py", "benchmarks/models.py"))
+        "sparsify_mlflow/levels.py", "sparsify_mlflow/export.py", "sparsify_mlflow/post_training.py",
+        "sparsify_mlflow/qdq.py", "benchmarks/models.py"))
     blob = json.dumps({"spec": vars(spec), "level": level, "target": target}, sort_keys=True) + code
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -179,10 +180,25 @@ def _group_key(group: dict[str, Any], builds: dict[str, list[dict[str, Any]]], s
 
 
 def _variants(builds: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Every level on DeepSparse, the dense file on ONNX Runtime; the INT8-only reference (built beside the
+    dense file) on DeepSparse and, with the dense file, on OpenVINO where it is installed (its QDQ twin)."""
+    from sparsify_mlflow.engines import openvino_status
+
     variants = [{"key": f"deepsparse.{variant(b['level'], b.get('mask_type'))}", "path": b["onnx_path"],
                  "engine": "deepsparse"} for b in builds]
     dense = next(b for b in builds if b["level"] == 0.0)
-    return variants + [{"key": "onnxruntime.L0", "path": dense["onnx_path"], "engine": "onnxruntime"}]
+    variants.append({"key": "onnxruntime.L0", "path": dense["onnx_path"], "engine": "onnxruntime"})
+    reference = dense.get("int8_only")
+    if reference:
+        variants.append({"key": f"deepsparse.{INT8_ONLY}", "path": reference["onnx_path"], "engine": "deepsparse"})
+    if openvino_status()[0]:
+        variants.append({"key": "openvino.L0", "path": dense["onnx_path"], "engine": "openvino"})
+        if reference:
+            variants.append({"key": f"openvino.{INT8_ONLY}", "path": reference["qdq_path"], "engine": "openvino"})
+    return variants
+
+
+INT8_ONLY = "int8_only"  # the post-training INT8 reference's variant name
 
 
 def time_groups(groups: list[dict[str, Any]], st: Settings, work: Path, say: Say
@@ -268,7 +284,8 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
             entry = _timing_entry(t, bs)
             rounds = _per_round(t["runs"])
             for name, base_key in (("speedup_vs_deepsparse_dense", "deepsparse.L0"),
-                                   ("speedup_vs_onnxruntime_dense", "onnxruntime.L0")):
+                                   ("speedup_vs_onnxruntime_dense", "onnxruntime.L0"),
+                                   ("speedup_vs_int8_only", _fastest(timings[bs], INT8_ONLY))):
                 base = timings[bs].get(base_key)
                 if base is not None:
                     base_rounds = _per_round(base["runs"])
@@ -282,5 +299,24 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
         t = timings[bs].get("onnxruntime.L0")
         if t is not None:
             ort[f"bs{bs}"] = _timing_entry(t, bs) | {"compile_seconds": t["compile_seconds"]}
+    dense = next(b for b in builds if b["level"] == 0.0)
+    reference = dense.get("int8_only")
+    int8_only = None if reference is None else {
+        "exported_sparsity": reference["exported_sparsity"], "quantized": reference["quantized"],
+        "onnx_bytes": reference["onnx_bytes"],
+        **{engine: {f"bs{bs}": _timing_entry(timings[bs][f"{engine}.{INT8_ONLY}"], bs) for bs in st.batch_sizes
+                    if f"{engine}.{INT8_ONLY}" in timings[bs]} for engine in ("deepsparse", "openvino")},
+        "fastest": {f"bs{bs}": _fastest(timings[bs], INT8_ONLY) for bs in st.batch_sizes}}
+    openvino_dense = {f"bs{bs}": _timing_entry(timings[bs]["openvino.L0"], bs) for bs in st.batch_sizes
+                      if "openvino.L0" in timings[bs]}
     return {"model": spec.key, "kind": spec.kind, "description": spec.describe(), "spec": vars(spec),
-            "levels": levels, "onnxruntime_dense": ort}
+            "levels": levels, "onnxruntime_dense": ort, "openvino_dense": openvino_dense, "int8_only": int8_only}
+
+
+def _fastest(timings: dict[str, Any], name: str) -> str | None:
+    """The key ("openvino.int8_only") of `name`'s engine with the lowest median of per-round medians."""
+    import statistics
+
+    timed = {key: statistics.median(_per_round(t["runs"]).values()) for key, t in timings.items()
+             if key.split(".", 1)[1] == name and t.get("runs")}
+    return min(timed, key=timed.__getitem__) if timed else None

@@ -146,6 +146,7 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
     export_seconds = time.perf_counter() - t0
     peak = sampler.peak_by_label.get("export", before)
     sampler.mark("done")
+    reference = _int8_only(spec, model, scope, out_dir / "int8_only", sample) if level == 0.0 else None
     return {
         "level": level,
         "target": target,
@@ -164,4 +165,27 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
         "export_rss_before_mb": before,
         "export_peak_rss_mb": peak,
         "export_peak_rss_delta_mb": max(0.0, peak - before),
+        **({"int8_only": reference} if reference else {}),
     }
+
+
+CALIBRATION_BATCHES = 4  # generated rows: a speed figure, not an accuracy one
+
+
+def _int8_only(spec: ModelSpec, dense, scope, out_dir: Path, sample: tuple) -> dict[str, Any]:
+    """The INT8-only reference of the experiments (post_training.calibrated_int8) on the dense build: the
+    file DeepSparse runs and its QDQ twin (what OpenVINO runs with integer kernels)."""
+    import torch
+
+    from sparsify_mlflow.export import export_onnx
+    from sparsify_mlflow.post_training import calibrated_int8
+    from sparsify_mlflow.qdq import QDQ_FILE, export_qdq
+
+    rows = [[torch.from_numpy(a) for a in sample_rows(spec, spec.train_batch, seed=10 + i)]
+            for i in range(CALIBRATION_BATCHES)]
+    quantized = calibrated_int8(dense, scope, rows, len(rows), lambda model, batch: model(*batch))
+    inputs, outputs = io_names(spec)
+    exported = export_onnx(quantized, sample, out_dir, input_names=inputs, output_names=outputs)
+    qdq = export_qdq(exported.path, exported.path.with_name(QDQ_FILE))
+    return {"onnx_path": str(exported.path), "qdq_path": str(qdq), "quantized": exported.quantized,
+            "exported_sparsity": exported.weight_sparsity, "onnx_bytes": exported.size_bytes}

@@ -49,12 +49,15 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
     for model in engine["models"]:
         header = ["engine: level", "sparsity target / exported", "INT8", "supported ops",
                   f"bs{bs_lat} ms", f"bs{bs_lat} best ms", f"bs{bs_tp} items/s",
-                  f"x DS dense bs{bs_lat}", f"x DS dense bs{bs_tp}", f"x ORT dense bs{bs_lat}", f"x ORT dense bs{bs_tp}"]
+                  f"x DS dense bs{bs_lat}", f"x DS dense bs{bs_tp}", f"x ORT dense bs{bs_lat}", f"x ORT dense bs{bs_tp}",
+                  f"x INT8 alone bs{bs_lat}", f"x INT8 alone bs{bs_tp}"]
         rows = []
         ort = model["onnxruntime_dense"]
         rows.append(["ORT: 0", "0 / -", "no", "-", _spread(ort.get(f"bs{bs_lat}", {}).get("latency_ms"), ".1f"),
                      _f(_med(ort.get(f"bs{bs_lat}", {}).get("latency_ms_best")), ".1f"),
-                     _spread(ort.get(f"bs{bs_tp}", {}).get("items_per_second"), ".1f"), "-", "-", "1.00", "1.00"])
+                     _spread(ort.get(f"bs{bs_tp}", {}).get("items_per_second"), ".1f"), "-", "-", "1.00", "1.00",
+                     "-", "-"])
+        rows += _reference_rows(model, bs_lat, bs_tp)
         notes = []
         for row in model["levels"]:
             lat = row["deepsparse"].get(f"bs{bs_lat}", {})
@@ -65,17 +68,41 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
                 "yes" if row["quantized"] else "no", _f(row.get("fraction_of_supported_ops"), ".2f"),
                 _spread(lat.get("latency_ms"), ".1f"), _f(_med(lat.get("latency_ms_best")), ".1f"),
                 _spread(tp.get("items_per_second"), ".1f"),
-                *(_f(_med(fig.get(name)), ".2f") for name in ("speedup_vs_deepsparse_dense", "speedup_vs_onnxruntime_dense")
+                *(_f(_med(fig.get(name)), ".2f") for name in ("speedup_vs_deepsparse_dense", "speedup_vs_onnxruntime_dense",
+                                                              "speedup_vs_int8_only")
                   for fig in (lat, tp)),
             ])
             for bs, why in row.get("failures", {}).items():
                 notes.append(f"level {row['level']:g} {row.get('mask_type') or ''} {bs}: {why}")
+        notes.append("INT8 alone: the dense model quantized post-training (calibrated on generated rows: a speed "
+                     "figure, not an accuracy one); x INT8 alone compares each level with its fastest engine. "
+                     "OV = OpenVINO at its default precision (bf16 on AVX512_BF16/AMX CPUs).")
         notes.append("Medians of per-run medians (min-max over runs in brackets); best = median over runs of "
                      "each run's fastest batch (less sensitive to other processes); speedups are medians of "
                      "per-round ratios to the dense FP32 model measured in the same round. Exported sparsity "
                      "counts all conv/matmul weights, including the layers kept dense.")
         tables.append((f"1. Engine speedup by optim level: {model['description']}", header, rows, notes))
     return tables
+
+
+def _reference_rows(model: dict[str, Any], bs_lat: int, bs_tp: int) -> list[list[str]]:
+    """OpenVINO's dense file and the INT8-only reference on each engine, as rows of the engine table."""
+    rows = []
+    ov = model.get("openvino_dense") or {}
+    if ov:
+        rows.append(["OV: 0", "0 / -", "no", "-", _spread(ov.get(f"bs{bs_lat}", {}).get("latency_ms"), ".1f"),
+                     _f(_med(ov.get(f"bs{bs_lat}", {}).get("latency_ms_best")), ".1f"),
+                     _spread(ov.get(f"bs{bs_tp}", {}).get("items_per_second"), ".1f"), *["-"] * 6])
+    reference = model.get("int8_only") or {}
+    for engine, short in (("deepsparse", "DS"), ("openvino", "OV")):
+        timed = reference.get(engine) or {}
+        if timed:
+            rows.append([f"{short}: INT8 alone", f"0 / {reference['exported_sparsity']:.3f}",
+                         "yes" if reference["quantized"] else "no", "-",
+                         _spread(timed.get(f"bs{bs_lat}", {}).get("latency_ms"), ".1f"),
+                         _f(_med(timed.get(f"bs{bs_lat}", {}).get("latency_ms_best")), ".1f"),
+                         _spread(timed.get(f"bs{bs_tp}", {}).get("items_per_second"), ".1f"), *["-"] * 6])
+    return rows
 
 
 def training_table(res: dict[str, Any]) -> list[Table]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +25,7 @@ from sparsify_mlflow.levels import PruningScope, post_training_recipe
 from sparsify_mlflow.results import ModelReport
 from sparsify_mlflow.usecases.base import DataBundle, UseCase
 
-__all__ = ["CALIBRATION_SAMPLES", "MAX_DROP_PT", "quantize_post_training", "reference_failure"]
+__all__ = ["CALIBRATION_SAMPLES", "MAX_DROP_PT", "calibrated_int8", "quantize_post_training", "reference_failure"]
 
 CALIBRATION_SAMPLES = 300  # "a few hundred": what post-training quantizers use by default (NNCF: 300)
 # A reference that lost more than this (points of the main metric, on the exported files) failed: post-
@@ -35,22 +37,30 @@ def quantize_post_training(model: nn.Module, use_case: UseCase, data: DataBundle
                            batch_size: int, seed: int, samples: int = CALIBRATION_SAMPLES) -> nn.Module:
     """A CPU copy of `model` with fake-quantization inserted and calibrated on `samples` training rows.
 
-    The structure is applied in train mode (sparseml fuses Conv+BN for QAT there, as in training);
-    the calibration runs in eval mode, so BatchNorm keeps the baseline's statistics and only the
-    observers move. The use case's training step is the forward pass; its loss is discarded.
+    The use case's training step is the forward pass; its loss is discarded.
     """
+    loader = torch.utils.data.DataLoader(data.train, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    batches = min(len(loader), math.ceil(samples / batch_size))
+    return calibrated_int8(model, scope, itertools.islice(loader, batches), batches,
+                           lambda quantized, batch: use_case.training_step(quantized, batch, torch.device("cpu")))
+
+
+def calibrated_int8(model: nn.Module, scope: PruningScope, batches: Iterable[Any], count: int,
+                    forward: Callable[[nn.Module, Any], Any]) -> nn.Module:
+    """A CPU copy of `model` with the levels' INT8 scheme inserted, its observers fed `batches` (`count` of
+    them) through `forward(model, batch)`. The structure is applied in train mode (sparseml fuses Conv+BN
+    for QAT there, as in training); the calibration runs in eval mode under no_grad, so BatchNorm keeps the
+    baseline's statistics and only the observers move."""
     from sparseml.pytorch.optim import ScheduledModifierManager
 
     quantized = copy.deepcopy(model).cpu().train()
     ScheduledModifierManager.from_yaml(post_training_recipe(scope)).apply_structure(quantized, epoch=0.0)
     quantized.eval()
-    loader = torch.utils.data.DataLoader(data.train, batch_size=batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))
-    batches = min(len(loader), math.ceil(samples / batch_size))
     with torch.no_grad():
-        for batch in tqdm(itertools.islice(loader, batches), total=batches, desc="INT8-only calibration",
-                          unit="batch", leave=False, disable=None):
-            use_case.training_step(quantized, batch, torch.device("cpu"))
+        for batch in tqdm(batches, total=count, desc="INT8-only calibration", unit="batch", leave=False,
+                          disable=None):
+            forward(quantized, batch)
     return quantized
 
 

@@ -43,6 +43,7 @@ def check_results(res: dict, md: str) -> None:
 
     engine = res["sections"]["engine"]
     assert [m["kind"] for m in engine["models"]] == ["vision", "bert"]
+    from sparsify_mlflow.engines import openvino_status
     from sparsify_mlflow.levels import target_sparsity
 
     for model in engine["models"]:  # a level that prunes once per --target of the suite, with its mask
@@ -66,6 +67,18 @@ def check_results(res: dict, md: str) -> None:
                 assert row["compile"][bs]["compile_seconds"] > 0, where
         dense = next(r for r in model["levels"] if r["level"] == 0)
         assert dense["deepsparse"]["bs16"]["speedup_vs_deepsparse_dense"]["median"] == pytest.approx(1.0)
+        reference = model["int8_only"]  # the dense model quantized post-training, on each engine
+        assert reference["quantized"] and reference["exported_sparsity"] < 0.2, reference
+        engines = ["deepsparse", *(["openvino"] if openvino_status()[0] else [])]
+        for engine in engines:
+            for bs in ("bs1", "bs16"):
+                _figure(reference[engine][bs]["latency_ms"], f"{model['model']} INT8 alone on {engine} {bs}")
+        for bs in ("bs1", "bs16"):
+            assert reference["fastest"][bs].split(".")[0] in engines
+            for row in model["levels"]:
+                _figure(row["deepsparse"][bs]["speedup_vs_int8_only"], f"{model['model']} {row['level']} vs INT8 {bs}")
+            if openvino_status()[0]:
+                _figure(model["openvino_dense"][bs]["latency_ms"], f"{model['model']} OpenVINO dense {bs}")
 
     training = res["sections"]["training"]
     assert {"plain", "dense", "pruning", "qat"} <= set(training["phases"])
