@@ -75,8 +75,8 @@ def log_onnx(onnx_path: Path, name: str, *, example_inputs: dict[str, np.ndarray
 
 
 def log_pyfunc(name: str, *, python_model: Path, artifacts: dict[str, str], input_example: Any, signature: Any,
-               pip_requirements: list[str], params: dict[str, str], model_config: dict[str, Any] | None = None
-               ) -> LoggedModel:
+               pip_requirements: list[str], params: dict[str, str], model_config: dict[str, Any] | None = None,
+               code_paths: list[Path] | None = None) -> LoggedModel:
     """Log a pyfunc ("models from code": `python_model` is a .py file calling mlflow.models.set_model)
     with its artifacts (e.g. model.onnx + tokenizer) as a LoggedModel of the active run.
 
@@ -92,6 +92,7 @@ def log_pyfunc(name: str, *, python_model: Path, artifacts: dict[str, str], inpu
             signature=signature,
             pip_requirements=pip_requirements,
             model_config=model_config,  # defaults a caller may override at load time
+            code_paths=[str(p) for p in code_paths] if code_paths else None,  # modules the model file imports
             params=params,
         )
     return LoggedModel(name, info.model_id, info.model_uri)

@@ -1,18 +1,20 @@
 """MLflow pyfunc for a registered image classifier: images in, labels out (MLflow "models from code").
 
 MLflow copies this file into the registered model next to its artifacts (model.onnx, config.json
-with the labels and the preprocessing), so the model loads without sparsify_mlflow installed: it
-needs numpy, pandas, pillow and onnxruntime (or deepsparse).
+with the labels and the preprocessing) and serving_engine.py, so the model loads without
+sparsify_mlflow installed: it needs numpy, pandas, pillow and onnxruntime (or deepsparse, openvino).
 
     model = mlflow.pyfunc.load_model("models:/<name>@champion")
     model.predict(pd.DataFrame({"image": [base64.b64encode(open("cat.png", "rb").read()).decode()]}))
     model.predict({"image": ["cat.png"]})          # file paths, raw bytes or HxWx3 uint8 arrays too
-    mlflow.pyfunc.load_model(uri, model_config={"engine": "deepsparse"})
+    mlflow.pyfunc.load_model(uri, model_config={"engine": "deepsparse"})   # or "openvino" (the QDQ twin)
 
 Over HTTP (`mlflow models serve -m models:/<name>@champion --env-manager local`):
 
     curl -X POST localhost:5000/invocations -H 'Content-Type: application/json' \
       -d "{\"dataframe_split\": {\"columns\": [\"image\"], \"data\": [[\"$(base64 -w0 cat.png)\"]]}}"
+
+On OpenVINO: `MLFLOW_PYFUNC_INFERENCE_CONFIG='{"engine": "openvino"}' mlflow models serve ...`.
 
 The preprocessing is the validation transform of training (resize the shorter side, center crop,
 scale to [0, 1], normalize), written with PIL and numpy to give the same pixels as torchvision.
@@ -41,24 +43,13 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.size, self.resize = int(pre["image_size"]), int(pre["resize"])
         self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
-        self.engine = (getattr(context, "model_config", None) or {}).get("engine", "onnxruntime")
-        path = context.artifacts["model"]
-        if self.engine == "deepsparse":
-            import deepsparse
+        from serving_engine import ServingEngine, engine_name  # a code path of the logged model
 
-            self._session = deepsparse.compile_model(path, batch_size=1)
-        else:
-            import onnxruntime as ort
-
-            self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-            self.input_name = self._session.get_inputs()[0].name
+        self.engine = ServingEngine(engine_name(context), context.artifacts, list(config["inputs"]))
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
         batch = np.stack([self.preprocess(_image(item)) for item in _items(model_input)])
-        if self.engine == "deepsparse":  # compiled for batch size 1
-            logits = np.concatenate([self._session.run([batch[i:i + 1]])[0] for i in range(len(batch))])
-        else:
-            logits = self._session.run(None, {self.input_name: batch})[0]
+        logits = self.engine.run([batch])
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
         ids = probs.argmax(axis=1)

@@ -111,6 +111,16 @@ def assert_serves_raw_images(store: str, image_folder: Path, tmp_path: Path) -> 
     with served_model("models:/tiny@candidate", store, tmp_path) as url:
         served = invoke(url, {"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}})
     assert [row["label"] for row in served["predictions"]] == answer["label"].tolist()
+    # on OpenVINO, the version's QDQ twin, chosen by MLflow's override of the logged model config
+    on_openvino = mlflow.pyfunc.load_model("models:/tiny@candidate", model_config={"engine": "openvino"})
+    assert on_openvino.unwrap_python_model().engine.name == "openvino"
+    before = set(tmp_path.glob("serve-*.log"))
+    on_openvino_env = {"MLFLOW_PYFUNC_INFERENCE_CONFIG": '{"engine": "openvino"}'}
+    with served_model("models:/tiny@candidate", store, tmp_path, env=on_openvino_env) as url:
+        served = invoke(url, {"dataframe_split": {"columns": ["image"], "data": [[e] for e in encoded]}})
+    (log,) = set(tmp_path.glob("serve-*.log")) - before
+    assert "serving on openvino: model.qdq.onnx" in log.read_text()
+    assert [row["label"] for row in served["predictions"]] == on_openvino.predict({"image": encoded})["label"].tolist()
 
 
 def run_cli(*args: str) -> None:

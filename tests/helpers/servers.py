@@ -193,12 +193,14 @@ def scratch_folder(prefix: str) -> Path:
 
 
 @contextmanager
-def served_model(model_uri: str, store: str, cwd: Path, timeout: float = 180) -> Iterator[str]:
-    """`mlflow models serve -m MODEL_URI --env-manager local` on a free port; yields its base URL."""
+def served_model(model_uri: str, store: str, cwd: Path, timeout: float = 180,
+                 env: dict[str, str] | None = None) -> Iterator[str]:
+    """`mlflow models serve -m MODEL_URI --env-manager local` on a free port (with `env` added to its
+    environment); yields its base URL. Its output goes to `cwd/serve-<port>.log`."""
     port = free_port()
     log = open(cwd / f"serve-{port}.log", "ab")
-    env = os.environ | {"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store,
-                        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = os.environ | (env or {}) | {"MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store,
+                                      "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     process = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
                                 "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1"],
                                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

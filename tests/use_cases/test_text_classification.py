@@ -251,10 +251,13 @@ def assert_registered_model_predicts_text(store: str, name: str) -> None:
     assert set(out["label"]) <= {"negative", "positive"} and ((out["score"] >= 0.5) & (out["score"] <= 1)).all()
     as_dict = model.predict({"text": ["A wonderful film, truly great.", "Dull, boring and far too long."]})
     assert as_dict.equals(out)
-    on_deepsparse = mlflow.pyfunc.load_model(f"models:/{name}@candidate", model_config={"engine": "deepsparse"})
-    assert list(on_deepsparse.predict({"text": ["fine"]})["label"]) in (["negative"], ["positive"])
+    for engine in ("deepsparse", "openvino"):  # openvino: the QDQ twin
+        on_engine = mlflow.pyfunc.load_model(f"models:/{name}@candidate", model_config={"engine": engine})
+        assert on_engine.unwrap_python_model().engine.name == engine
+        assert list(on_engine.predict({"text": ["fine"]})["label"]) in (["negative"], ["positive"])
     files = {p.name for p in Path(mlflow.artifacts.download_artifacts(f"models:/{name}@candidate")).rglob("*")}
-    assert {"model.onnx", "model.qdq.onnx", "tokenizer.json", "config.json", "text_pyfunc.py"} <= files
+    assert {"model.onnx", "model.qdq.onnx", "tokenizer.json", "config.json", "text_pyfunc.py",
+            "serving_engine.py"} <= files
 
 
 @pytest.mark.e2e

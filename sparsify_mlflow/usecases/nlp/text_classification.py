@@ -23,6 +23,7 @@ from sparsify_mlflow.data import text_files, text_hub
 from sparsify_mlflow.options import option
 from sparsify_mlflow.qdq import QDQ_FILE
 from sparsify_mlflow.registry import pinned_requirements
+from sparsify_mlflow.usecases import serving_engine
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
     DataBundle,
@@ -192,6 +193,7 @@ class TextClassification(TransformerTask):
         outputs = [ColSpec("string", "label"), ColSpec("double", "score"), ColSpec("long", "label_id")]
         return {
             "python_model": PYFUNC_FILE,
+            "code_paths": [Path(serving_engine.__file__)],  # the engine switch the model file imports
             "artifacts": {"model": str(folder / "model.onnx"), "tokenizer": str(folder / "tokenizer"),
                           "config": str(folder / "config.json"),
                           # the QDQ INT8 twin OpenVINO runs, where the export was INT8

@@ -1,13 +1,13 @@
 """MLflow pyfunc for a registered text classifier: raw text in, labels out (MLflow "models from code").
 
 MLflow copies this file into the registered model next to its artifacts (model.onnx, the tokenizer
-folder, config.json), so the model loads without sparsify_mlflow installed: it needs numpy,
-pandas, transformers (for the tokenizer) and onnxruntime (or deepsparse).
+folder, config.json) and serving_engine.py, so the model loads without sparsify_mlflow installed: it
+needs numpy, pandas, transformers (for the tokenizer) and onnxruntime (or deepsparse, openvino).
 
     model = mlflow.pyfunc.load_model("models:/<name>@candidate")
     model.predict(pd.DataFrame({"text": ["a wonderful film", "dull and far too long"]}))
     model.predict({"text": [...]})                          # pairs: columns "text" and "text_pair"
-    # DeepSparse instead of ONNX Runtime:
+    # DeepSparse or OpenVINO (its QDQ twin) instead of ONNX Runtime (serving: $MLFLOW_PYFUNC_INFERENCE_CONFIG):
     mlflow.pyfunc.load_model(uri, model_config={"engine": "deepsparse"})
 
 The result is a DataFrame with `label`, `score` (softmax probability of that label) and
@@ -33,34 +33,22 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         self.labels = list(self.config["labels"])
         self.max_length = int(self.config["max_seq_length"])
         self.input_names = list(self.config["input_names"])
-        self.engine = (getattr(context, "model_config", None) or {}).get("engine", "onnxruntime")
-        path = context.artifacts["model"]
-        if self.engine == "deepsparse":
-            import deepsparse
+        from serving_engine import ServingEngine, engine_name  # a code path of the logged model
 
-            self._session = deepsparse.compile_model(path, batch_size=1)
-        else:
-            import onnxruntime as ort
-
-            self._session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.engine = ServingEngine(engine_name(context), context.artifacts, self.input_names)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
         texts, pairs = _texts(model_input)
         encoded = self.tokenizer(texts, pairs, padding="max_length", truncation=True,
                                  max_length=self.max_length, return_tensors="np")
         arrays = [np.ascontiguousarray(encoded[n], dtype=np.int64) for n in self.input_names]
-        logits = self._run(arrays)
+        logits = self.engine.run(arrays)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
         ids = probs.argmax(axis=1)
         return pd.DataFrame({"label": [self.labels[i] for i in ids],
                              "score": probs[np.arange(len(ids)), ids].astype(float),
                              "label_id": ids.astype(int)})
-
-    def _run(self, arrays: list[np.ndarray]) -> np.ndarray:
-        if self.engine == "deepsparse":  # compiled for batch size 1
-            return np.concatenate([self._session.run([a[i:i + 1] for a in arrays])[0] for i in range(len(arrays[0]))])
-        return self._session.run(None, dict(zip(self.input_names, arrays)))[0]
 
 
 def _texts(model_input: Any) -> tuple[list[str], list[str] | None]:

@@ -1,0 +1,61 @@
+"""The engine a served model runs on: ONNX Runtime (default), DeepSparse or OpenVINO.
+
+Logged beside the pyfuncs (image_pyfunc.py, text_pyfunc.py) as an MLflow code path, so a registered
+model loads it without sparsify_mlflow installed; this file must not import sparsify_mlflow.
+
+    mlflow.pyfunc.load_model(uri, model_config={"engine": "openvino"})
+    MLFLOW_PYFUNC_INFERENCE_CONFIG='{"engine": "openvino"}' mlflow models serve -m models:/<name>@champion ...
+
+(MLflow's own override of a logged model_config; the model is logged with engine onnxruntime.)
+
+OpenVINO runs the QDQ INT8 twin (`qdq_model`) where the version has one: the form its integer
+kernels take; the converted INT8 file would run at float precision there.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+ENGINES = ("onnxruntime", "deepsparse", "openvino")
+
+
+def engine_name(context: Any) -> str:
+    """model_config's `engine` (load_model's model_config or $MLFLOW_PYFUNC_INFERENCE_CONFIG over the logged
+    one), else onnxruntime."""
+    name = (getattr(context, "model_config", None) or {}).get("engine") or "onnxruntime"
+    if name not in ENGINES:
+        raise ValueError(f"serving engine {name!r}: must be one of {', '.join(ENGINES)} (model_config 'engine')")
+    return name
+
+
+class ServingEngine:
+    """One compiled model: `run(arrays)` -> the first output, for a batch of any size."""
+
+    def __init__(self, name: str, artifacts: dict[str, str], input_names: Sequence[str]) -> None:
+        self.name, self.input_names = name, list(input_names)
+        path = (artifacts.get("qdq_model") or artifacts["model"]) if name == "openvino" else artifacts["model"]
+        if name == "deepsparse":
+            import deepsparse
+
+            self._compiled = deepsparse.compile_model(path, batch_size=1)
+        elif name == "openvino":
+            import openvino
+
+            self._compiled = openvino.Core().compile_model(path, "CPU")
+        else:
+            import onnxruntime as ort
+
+            self._compiled = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        print(f"serving on {name}: {os.path.basename(path)}", file=sys.stderr, flush=True)  # in the server's log
+
+    def run(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        if self.name == "deepsparse":  # compiled for batch size 1
+            return np.concatenate([self._compiled.run([a[i:i + 1] for a in arrays])[0]
+                                   for i in range(len(arrays[0]))])
+        if self.name == "openvino":
+            return np.asarray(self._compiled(list(arrays))[self._compiled.output(0)])
+        return self._compiled.run(None, dict(zip(self.input_names, arrays)))[0]
