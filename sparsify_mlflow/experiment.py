@@ -360,7 +360,7 @@ def conclude_level(session: Session, cfg: ExperimentConfig, dense: _Trained, spa
     comparison, reliability = compare(dense.report, sparse.report, speed, label,
                                       int8_only.usable if int8_only is not None else None)
     if int8_only is not None:
-        notes += log_reference(session, dense.report, int8_only, speed)
+        log_reference(session, dense.report, int8_only, speed)
     tracking.log_metrics(sparse.report.headline(comparison, cfg.deploy_engine, cfg.benchmark_batch_size))
     tracking.log_metrics(comparison)
     mlflow.set_tags(reliability.tags())
@@ -564,20 +564,20 @@ def compare(dense: ModelReport, sparse: ModelReport, speed: SessionResult, label
     return out, speed.reliability(ratios)
 
 
-def log_reference(session: Session, dense: ModelReport, int8_only: Int8Only, speed: SessionResult) -> list[str]:
-    """The INT8-only reference on the parent (`int8_only.*`, its own comparison with the dense model) and
-    as a LoggedModel of its run, headline linked; its failure as a tag and a note."""
+def log_reference(session: Session, dense: ModelReport, int8_only: Int8Only, speed: SessionResult) -> None:
+    """The INT8-only reference on the active (parent or level) run: `int8_only.*` (its figures and its own
+    comparison with the dense model) and the `sparsify.int8_only` tag (ok, or why it failed); its LoggedModel
+    gets its headline linked once. The summary's last line says the rest (summary.int8_only_line)."""
     cfg, rep = session.cfg, int8_only.report
     mlflow.set_tag("sparsify.int8_only", "ok" if int8_only.failure is None else f"failed: {int8_only.failure}"[:5000])
     if rep is None:
-        return [f"INT8-only reference failed: {int8_only.failure}"]
+        return
     own, _ = compare(dense, rep, speed, INT8_ONLY_LABEL)
     tracking.log_metrics({f"{INT8_ONLY_LABEL}.{k}": v for k, v in (rep.flat_metrics() | own).items()})
     if rep.logged_model is not None and not int8_only.linked:
         link_metrics(rep.logged_model, rep.run_id, rep.headline(own, cfg.deploy_engine, cfg.benchmark_batch_size)
                      | rep.engine_figures())
         int8_only.linked = True
-    return [] if int8_only.failure is None else [f"INT8-only reference failed, not compared: {int8_only.failure}"]
 
 
 def _baseline_key(cfg: ExperimentConfig, data: DataBundle) -> str:

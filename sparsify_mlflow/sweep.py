@@ -261,7 +261,7 @@ def _conclude(cfg: ExperimentConfig, options: SweepOptions, parent_id: str, expe
     int8_only_version = None
     if picks_reference and cfg.register and reference.logged_model is not None:
         name = name or cfg.registered_model_name or f"{cfg.use_case}-{Path(cfg.model).stem}"
-        int8_only_version = _register_int8_only(name, reference, own, parent_id, reason)
+        int8_only_version = _register_int8_only(name, reference, own, parent_id, reason, reliable=not unreliable)
         rows[1]["registered_version"] = int8_only_version.version
     tags = {"sparsify.recommendation": reason[:5000],
             "sparsify.levels_failed": ",".join(f"{o.level:g}" for o in outcomes if not o.result),
@@ -295,14 +295,15 @@ INT8_ONLY_ROW = "int8-only"  # the reference's label in the sweep's table, figur
 
 
 def _register_int8_only(name: str, reference: ModelReport, own: dict[str, float], parent_id: str,
-                        reason: str) -> RegisteredVersion:
+                        reason: str, reliable: bool) -> RegisteredVersion:
     """The INT8-only model as a version, recommended: no level of the sweep was faster within the gates."""
     main = reference.onnx_metrics
     tags = {"int8_only": "true", "recipe_source": "post-training INT8 (no pruning, no training)",
             "optim_level": "", "target_sparsity": "0", "int8": "true",
             "sparsity": f"{reference.exported.weight_sparsity:.4f}", "main_metric": main.main_name,
             main.main_name: f"{main.main:.4f}", "main_drop": f"{own['main_drop']:.2f}",
-            "speedup_vs_int8_only": "1.00", "recommended_by_sweep": parent_id, "sweep_run_id": parent_id}
+            "speedup_vs_int8_only": "1.00", "benchmark_reliable": str(reliable).lower(),
+            "recommended_by_sweep": parent_id, "sweep_run_id": parent_id}
     if "speedup_vs_best_dense.bs1" in own:
         tags["speedup_vs_best_dense"] = f"{own['speedup_vs_best_dense.bs1']:.2f}"
     version = register(reference.logged_model, name, tags=tags, description=f"INT8 alone: the dense model "
