@@ -103,6 +103,51 @@ def predict_registered(store: str, name: str, seq: int) -> dict:
     return model.predict(batch)
 
 
+def assert_tags_raw_text(store: str, name: str, labels: list[str], validation: list[dict]) -> None:
+    """The registered NER model takes raw text (or word lists) and answers per word, with the entities its
+    tags spell, on ONNX Runtime and on OpenVINO (the QDQ twin); on the validation sentences its tags are
+    the registered model.onnx's logits read at each word's first sub-token, decoded here independently."""
+    import mlflow
+    import onnxruntime as ort
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    mlflow.set_tracking_uri(store)
+    texts = ["Maria Lopez moved to Lisbon last spring", "the board of Acme Corp met in Oslo"]
+    model = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+    out = model.predict({"text": texts})
+    assert list(out.columns) == ["words", "tags", "scores", "entities"] and len(out) == 2
+    for text, row in zip(texts, out.itertuples()):
+        assert list(row.words) == text.split() and len(row.tags) == len(row.words) and set(row.tags) <= set(labels)
+        assert all(0 < s <= 1 for s in row.scores)
+        for entity in row.entities:  # each span is what its words' tags say
+            tags = row.tags[entity["start"]:entity["end"]]
+            assert tags[0][2:] == entity["type"] and all(t[2:] == entity["type"] for t in tags)
+            assert entity["text"] == " ".join(row.words[entity["start"]:entity["end"]])
+        assert sum(e["end"] - e["start"] for e in row.entities) == sum(t != "O" for t in row.tags)
+    words = model.predict(pd.DataFrame({"tokens": [t.split() for t in texts]}))  # words already split
+    assert [list(t) for t in words["tags"]] == [list(t) for t in out["tags"]]
+    sentences = [r["tokens"] for r in validation]
+    tagged = model.predict(pd.DataFrame({"tokens": sentences}))
+    files = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@candidate"))
+    config = json.loads(next(files.rglob("config.json")).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(next(files.rglob("tokenizer_config.json")).parent)
+    encoded = tokenizer(sentences, is_split_into_words=True, padding="max_length", truncation=True,
+                        max_length=config["max_seq_length"], return_tensors="np")
+    session = ort.InferenceSession(str(next(files.rglob("model.onnx"))))
+    logits = session.run(None, {n: encoded[n].astype(np.int64) for n in config["input_names"]})[0]
+    for i, words in enumerate(sentences):
+        first = {}
+        for position, word in enumerate(encoded.word_ids(i)):
+            if word is not None and word not in first:
+                first[word] = position
+        expected = [labels[int(logits[i, first[w]].argmax())] if w in first else "O" for w in range(len(words))]
+        assert list(tagged["tags"][i]) == expected, (words, list(tagged["tags"][i]), expected)
+    on_openvino = mlflow.pyfunc.load_model(f"models:/{name}@candidate", model_config={"engine": "openvino"})
+    assert on_openvino.unwrap_python_model().engine.name == "openvino"
+    assert [len(t) for t in on_openvino.predict({"text": texts})["tags"]] == [len(t.split()) for t in texts]
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("use_case, arch", [("ner", "BertForTokenClassification"),
                                             ("qa", "BertForQuestionAnswering")])
@@ -152,8 +197,7 @@ def test_ner_end_to_end_through_the_cli_on_conll(store: str, tmp_path: Path, tin
     client = MlflowClient(tracking_uri=store)
     table = json.loads(Path(client.download_artifacts(children["sparse"].info.run_id, "per_entity.json")).read_text())
     assert {row[0] for row in table["data"]} >= {"PER", "LOC", "ORG"}
-    out = predict_registered(store, "tiny-ner", 32)
-    assert np.asarray(out["logits"]).shape == (2, 32, len(labels))
+    assert_tags_raw_text(store, "tiny-ner", labels, generate_ner(100)[80:])  # write_conll's validation.conll
 
 
 @pytest.mark.e2e

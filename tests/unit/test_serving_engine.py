@@ -40,3 +40,16 @@ def test_each_engine_answers_a_batch_and_openvino_runs_the_qdq_file(engine: str,
     out = ServingEngine(engine, artifacts, ["input"]).run([x])
     assert out.shape == (3, 4)
     np.testing.assert_allclose(out, x * (2.0 if engine == "openvino" else 1.0), rtol=1e-5)
+
+
+def test_ner_spans_join_b_and_i_tags_of_one_type() -> None:
+    from sparsify_mlflow.usecases.nlp.token_pyfunc import entities
+
+    words = ["Maria", "Lopez", "moved", "to", "New", "York", "and", "Acme", "Corp"]
+    tags = ["B-PER", "I-PER", "O", "O", "B-LOC", "I-LOC", "O", "I-ORG", "B-ORG"]
+    assert entities(words, tags) == [
+        {"text": "Maria Lopez", "type": "PER", "start": 0, "end": 2},
+        {"text": "New York", "type": "LOC", "start": 4, "end": 6},
+        {"text": "Acme", "type": "ORG", "start": 7, "end": 8},   # a stray I- opens a span
+        {"text": "Corp", "type": "ORG", "start": 8, "end": 9},   # B- always opens a new one
+    ]

@@ -21,9 +21,6 @@ from torch import nn
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import text_files, text_hub
 from sparsify_mlflow.options import option
-from sparsify_mlflow.qdq import QDQ_FILE
-from sparsify_mlflow.registry import pinned_requirements
-from sparsify_mlflow.usecases import serving_engine
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
     DataBundle,
@@ -191,18 +188,8 @@ class TextClassification(TransformerTask):
             example["text_pair"] = [data.val.examples[0].pair or ""]
             inputs.append(ColSpec("string", "text_pair"))
         outputs = [ColSpec("string", "label"), ColSpec("double", "score"), ColSpec("long", "label_id")]
-        return {
-            "python_model": PYFUNC_FILE,
-            "code_paths": [Path(serving_engine.__file__)],  # the engine switch the model file imports
-            "artifacts": {"model": str(folder / "model.onnx"), "tokenizer": str(folder / "tokenizer"),
-                          "config": str(folder / "config.json"),
-                          # the QDQ INT8 twin OpenVINO runs, where the export was INT8
-                          **({"qdq_model": str(folder / QDQ_FILE)} if (folder / QDQ_FILE).is_file() else {})},
-            "input_example": pd.DataFrame(example),
-            "signature": ModelSignature(Schema(inputs), Schema(outputs)),
-            "model_config": {"engine": "onnxruntime"},  # load_model(..., model_config={"engine": "deepsparse"})
-            "pip_requirements": pinned_requirements("numpy", "pandas", "transformers", "tokenizers", "onnxruntime"),
-        }
+        return self.raw_text_pyfunc(folder, PYFUNC_FILE, pd.DataFrame(example),
+                                    ModelSignature(Schema(inputs), Schema(outputs)))
 
 
 def _embedded_rows(spec: str) -> int:

@@ -38,6 +38,7 @@ from sparsify_mlflow.usecases.nlp.transformer_task import (
 from sparsify_mlflow.usecases.nlp.transformers_models import load_token_classifier, load_tokenizer
 
 IGNORE = -100  # label of sub-tokens after the first, special tokens and padding
+PYFUNC_FILE = Path(__file__).with_name("token_pyfunc.py")
 
 
 class TaggedSentences(EncodedDataset):
@@ -189,6 +190,19 @@ class TokenClassification(TransformerTask):
                                   "its first sub-token (tokenizer(words, is_split_into_words=True).word_ids())"},
             "preprocessing": data.preprocessing,
         }
+
+    def serving_model(self, data: DataBundle, folder: Path) -> dict[str, Any]:
+        """What to register: a pyfunc that splits raw text into words, tags them and joins the entities
+        (see token_pyfunc.py)."""
+        import pandas as pd
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, DataType, Schema
+        from mlflow.types.schema import Array
+
+        example = pd.DataFrame({"text": [" ".join(data.val.sentences[0].tokens)]})
+        inputs = Schema([ColSpec("string", "text", required=False),  # or words already split:
+                         ColSpec(Array(DataType.string), "tokens", required=False)])
+        return self.raw_text_pyfunc(folder, PYFUNC_FILE, example, ModelSignature(inputs))
 
 
 class NamedEntityRecognition(TokenClassification):

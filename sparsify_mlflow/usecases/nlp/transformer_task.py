@@ -22,6 +22,9 @@ from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.errors import DataError
 from sparsify_mlflow.levels import PruningScope
 from sparsify_mlflow.options import option, positive_int
+from sparsify_mlflow.qdq import QDQ_FILE
+from sparsify_mlflow.registry import pinned_requirements
+from sparsify_mlflow.usecases import serving_engine
 from sparsify_mlflow.usecases.base import DataBundle, UseCase
 from sparsify_mlflow.usecases.nlp.transformers_models import encoder_scope, forward_input_names
 
@@ -195,6 +198,23 @@ class TransformerTask(UseCase):
         data.val.tokenizer.save_pretrained(str(tokenizer_dir))
         if data.label_names:
             (folder / "labels.json").write_text(json.dumps(data.label_names, indent=2, ensure_ascii=False))
+
+    @staticmethod
+    def raw_text_pyfunc(folder: Path, python_model: Path, input_example: Any, signature: Any) -> dict[str, Any]:
+        """What to register for a task served on raw text: `python_model` (a pyfunc file beside this one)
+        with model.onnx, its QDQ twin where the export was INT8, the tokenizer and config.json, and the
+        engine switch it imports (serving_engine.py)."""
+        return {
+            "python_model": python_model,
+            "code_paths": [Path(serving_engine.__file__)],
+            "artifacts": {"model": str(folder / "model.onnx"), "tokenizer": str(folder / "tokenizer"),
+                          "config": str(folder / "config.json"),
+                          **({"qdq_model": str(folder / QDQ_FILE)} if (folder / QDQ_FILE).is_file() else {})},
+            "input_example": input_example,
+            "signature": signature,
+            "model_config": {"engine": "onnxruntime"},  # load_model(..., model_config={"engine": "openvino"})
+            "pip_requirements": pinned_requirements("numpy", "pandas", "transformers", "tokenizers", "onnxruntime"),
+        }
 
     def input_specs(self, data: DataBundle) -> dict[str, str]:
         length = data.preprocessing["max_seq_length"]
