@@ -48,14 +48,10 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.engine = ServingEngine(engine_name(context), context.artifacts, list(config["inputs"]))
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
+        from serving_engine import classified
+
         batch = np.stack([self.preprocess(_image(item)) for item in _items(model_input)])
-        logits = self.engine.run([batch])
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
-        ids = probs.argmax(axis=1)
-        return pd.DataFrame({"label": [self.labels[i] for i in ids],
-                             "score": probs[np.arange(len(ids)), ids].astype(float),
-                             "label_id": ids.astype(int)})
+        return classified(self.engine.run([batch]), self.labels)
 
     def preprocess(self, image: Any) -> np.ndarray:
         """torchvision's Resize(resize) -> CenterCrop(size) -> ToTensor -> Normalize, on a PIL RGB image."""

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 ENGINES = ("onnxruntime", "deepsparse", "openvino")
 
@@ -59,3 +60,17 @@ class ServingEngine:
         if self.name == "openvino":
             return np.asarray(self._compiled(list(arrays))[self._compiled.output(0)])
         return self._compiled.run(None, dict(zip(self.input_names, arrays)))[0]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def classified(logits: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
+    """One row per input: `label`, `score` (its softmax probability) and `label_id`."""
+    probs = softmax(logits)
+    ids = probs.argmax(axis=1)
+    return pd.DataFrame({"label": [labels[i] for i in ids], "score": probs[np.arange(len(ids)), ids].astype(float),
+                         "label_id": ids.astype(int)})

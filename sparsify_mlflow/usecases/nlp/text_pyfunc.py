@@ -38,17 +38,13 @@ class TextClassifier(mlflow.pyfunc.PythonModel):
         self.engine = ServingEngine(engine_name(context), context.artifacts, self.input_names)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
+        from serving_engine import classified
+
         texts, pairs = _texts(model_input)
         encoded = self.tokenizer(texts, pairs, padding="max_length", truncation=True,
                                  max_length=self.max_length, return_tensors="np")
         arrays = [np.ascontiguousarray(encoded[n], dtype=np.int64) for n in self.input_names]
-        logits = self.engine.run(arrays)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
-        ids = probs.argmax(axis=1)
-        return pd.DataFrame({"label": [self.labels[i] for i in ids],
-                             "score": probs[np.arange(len(ids)), ids].astype(float),
-                             "label_id": ids.astype(int)})
+        return classified(self.engine.run(arrays), self.labels)
 
 
 def _texts(model_input: Any) -> tuple[list[str], list[str] | None]:

@@ -39,12 +39,13 @@ class TokenTagger(mlflow.pyfunc.PythonModel):
         self.engine = ServingEngine(engine_name(context), context.artifacts, self.input_names)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
+        from serving_engine import softmax
+
         sentences = _sentences(model_input)
         encoded = self.tokenizer(sentences, is_split_into_words=True, padding="max_length", truncation=True,
                                  max_length=self.max_length, return_tensors="np")
         logits = self.engine.run([np.ascontiguousarray(encoded[n], dtype=np.int64) for n in self.input_names])
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs = shifted / shifted.sum(axis=-1, keepdims=True)
+        probs = softmax(logits)
         rows = []
         for i, words in enumerate(sentences):
             tags, scores, previous = ["O"] * len(words), [0.0] * len(words), None
