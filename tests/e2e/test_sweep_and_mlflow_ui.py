@@ -84,6 +84,8 @@ def test_one_parent_one_dense_training_and_a_child_per_level(sweep: Sweep) -> No
     parent = sweep.client.get_run(sweep.summary["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["sparsify.role"] == "sweep"
     assert parent.data.params["sweep.optim_levels"] == "0,0.5,0.7"
+    experiment = sweep.client.get_experiment(sweep.summary["experiment_id"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # training runs, not evaluations
     everything = sweep.client.search_runs([sweep.summary["experiment_id"]])
     dense = [r for r in everything if r.data.tags.get("sparsify.role") == "dense"]
     assert len(dense) == 1, "the dense baseline is trained once for all levels"
@@ -284,6 +286,11 @@ def test_mlflow_ui_shows_the_runs_and_the_registered_model(sweep: Sweep, mlflow_
     parent = sweep.client.get_run(sweep.summary["parent_run_id"]).info.run_name
     for name in (parent, "dense-baseline", "level-0", "level-0.5", "level-0.7", "training-aware"):
         assert re.search(rf"(^|\s){re.escape(name)}(\s|$)", text), f"{name!r} not shown; page text: {text[:1500]}"
+
+    # the sweep's parent (a logged table, no model) is a training run: its page links back to Runs
+    parent_url = f"{mlflow_server}/#/experiments/{experiment_id}/runs/{sweep.summary['parent_run_id']}"
+    parent_text = visible_text(render(chromium, parent_url, tmp_path / "profile"))
+    assert parent in parent_text and "Evaluations" not in parent_text, parent_text[:1500]
 
     dataset = sweep.client.get_run(sweep.summary["parent_run_id"]).inputs.dataset_inputs[0].dataset
     assert f"{dataset.name} ({dataset.digest})" in text, f"the runs list shows no dataset: {text[:1500]}"
