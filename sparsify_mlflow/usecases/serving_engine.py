@@ -1,6 +1,6 @@
 """The engine a served model runs on: ONNX Runtime (default), DeepSparse or OpenVINO.
 
-Logged beside the pyfuncs (image_pyfunc.py, text_pyfunc.py) as an MLflow code path, so a registered
+Logged beside the pyfuncs (image, text, token and QA) as an MLflow code path, so a registered
 model loads it without sparsify_mlflow installed; this file must not import sparsify_mlflow.
 
     mlflow.pyfunc.load_model(uri, model_config={"engine": "openvino"})
@@ -54,12 +54,17 @@ class ServingEngine:
         print(f"serving on {name}: {os.path.basename(path)}", file=sys.stderr, flush=True)  # in the server's log
 
     def run(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        return self.outputs(arrays)[0]
+
+    def outputs(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every output of the model, in the file's order (QA: start and end logits)."""
         if self.name == "deepsparse":  # compiled for batch size 1
-            return np.concatenate([self._compiled.run([a[i:i + 1] for a in arrays])[0]
-                                   for i in range(len(arrays[0]))])
+            rows = [self._compiled.run([a[i:i + 1] for a in arrays]) for i in range(len(arrays[0]))]
+            return [np.concatenate([row[k] for row in rows]) for k in range(len(rows[0]))]
         if self.name == "openvino":
-            return np.asarray(self._compiled(list(arrays))[self._compiled.output(0)])
-        return self._compiled.run(None, dict(zip(self.input_names, arrays)))[0]
+            result = self._compiled(list(arrays))
+            return [np.asarray(result[output]) for output in self._compiled.outputs]
+        return list(self._compiled.run(None, dict(zip(self.input_names, arrays))))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -90,17 +91,38 @@ def assert_common(store: str, summary: dict, use_case: str, arch: str, metric_na
     return parent, children, config, deployment
 
 
-def predict_registered(store: str, name: str, seq: int) -> dict:
-    """The registered ONNX model through MLflow's pyfunc, on tokenizer-shaped arrays."""
+def assert_answers_raw_questions(store: str, name: str, rows: list[dict]) -> None:
+    """The registered QA model takes question + context as text and answers with a span of the context: the
+    windows (--max-seq-length 64, --doc-stride 16 from its config) and answers its own file gives on ONNX
+    Runtime, decoded as evaluation decodes; on OpenVINO (the QDQ twin) too."""
     import mlflow
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from sparsify_mlflow.usecases.nlp.qa_spans import best_spans, encode_windows
 
     mlflow.set_tracking_uri(store)
     model = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
-    inputs = [i.name for i in model.metadata.get_input_schema().inputs]
-    assert inputs == ["input_ids", "attention_mask", "token_type_ids"]
-    batch = {"input_ids": np.full((2, seq), 101, np.int64), "attention_mask": np.ones((2, seq), np.int64),
-             "token_type_ids": np.zeros((2, seq), np.int64)}
-    return model.predict(batch)
+    assert [i.name for i in model.metadata.get_input_schema().inputs] == ["question", "context"]
+    questions, contexts = [r["question"] for r in rows], [r["context"] for r in rows]
+    answered = model.predict(pd.DataFrame({"question": questions, "context": contexts}))
+    assert list(answered.columns) == ["answer", "score", "start", "end"] and len(answered) == len(rows)
+    for row, context in zip(answered.itertuples(), contexts):
+        assert row.answer == (context[row.start:row.end] if row.start >= 0 else "") and 0.0 <= row.score <= 1.0
+    files = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@candidate")) / "artifacts"
+    tokenizer = AutoTokenizer.from_pretrained(str(files / "tokenizer"))
+    encoded, offsets, owner = encode_windows(tokenizer, questions, contexts, 64, 16)
+    assert len(owner) > len(rows), "some contexts need several windows"
+    session = ort.InferenceSession(str(files / "model.onnx"), providers=["CPUExecutionProvider"])
+    start, end = session.run(None, {n: encoded[n].astype(np.int64) for n in ("input_ids", "attention_mask",
+                                                                             "token_type_ids")})[:2]
+    expected = best_spans(start, end, offsets, owner, contexts, max_answer_length=8)
+    assert answered["answer"].tolist() == [s.text for s in expected]
+    assert np.allclose(answered["score"], [s.score for s in expected], atol=1e-5)
+    assert model.predict({"question": questions[0], "context": contexts[0]})["answer"][0] == expected[0].text
+    on_openvino = mlflow.pyfunc.load_model(f"models:/{name}@candidate", model_config={"engine": "openvino"})
+    assert on_openvino.unwrap_python_model().engine.name == "openvino"
+    assert len(on_openvino.predict({"question": questions, "context": contexts})) == len(rows)
 
 
 def assert_tags_raw_text(store: str, name: str, labels: list[str], validation: list[dict]) -> None:
@@ -229,5 +251,5 @@ def test_qa_end_to_end_through_mlflow_run_with_doc_stride(store: str, tmp_path: 
     table = json.loads(Path(client.download_artifacts(children["sparse"].info.run_id, "predictions.json")).read_text())
     assert table["columns"] == ["id", "question", "prediction", "answers"] and len(table["data"]) == 12
     assert [str(v.version) for v in registered_versions(store)] == ["1"]
-    out = predict_registered(store, "tiny-qa", 64)
-    assert np.asarray(out["start_logits"]).shape == (2, 64) and np.asarray(out["end_logits"]).shape == (2, 64)
+    longest = sorted((json.loads(line) for line in data.read_text().splitlines()), key=lambda r: -len(r["context"]))
+    assert_answers_raw_questions(store, "tiny-qa", longest[:6])

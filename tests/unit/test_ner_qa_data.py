@@ -15,7 +15,8 @@ from sparsify_mlflow.data import embedded_entities
 from sparsify_mlflow.data.qa_files import NESTED, Question, load_qa_splits
 from sparsify_mlflow.data.token_files import Sentence, load_token_splits, tag_order
 from sparsify_mlflow.errors import ConfigError, DataError
-from sparsify_mlflow.usecases.nlp.qa_answers import NOT_CONTEXT, best_answers, squad_metrics
+from sparsify_mlflow.usecases.nlp.qa_answers import best_answers, squad_metrics
+from sparsify_mlflow.usecases.nlp.qa_spans import NOT_CONTEXT
 from sparsify_mlflow.usecases.nlp.question_answering import encode_questions
 from sparsify_mlflow.usecases.nlp.token_classification import IGNORE, encode_sentences
 from sparsify_mlflow.usecases.nlp.token_metrics import entity_metrics

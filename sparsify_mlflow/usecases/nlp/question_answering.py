@@ -25,7 +25,8 @@ from sparsify_mlflow.data.splits import split_by_seed
 from sparsify_mlflow.errors import ConfigError, DataError
 from sparsify_mlflow.options import option, positive_int
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
-from sparsify_mlflow.usecases.nlp.qa_answers import N_BEST, NOT_CONTEXT, best_answers, squad_metrics
+from sparsify_mlflow.usecases.nlp.qa_answers import best_answers, squad_metrics
+from sparsify_mlflow.usecases.nlp.qa_spans import N_BEST, NOT_CONTEXT, encode_windows
 from sparsify_mlflow.usecases.nlp.transformer_task import (
     EncodedDataset,
     TransformerOptions,
@@ -37,6 +38,7 @@ from sparsify_mlflow.usecases.nlp.transformer_task import (
 from sparsify_mlflow.usecases.nlp.transformers_models import load_question_answerer, load_tokenizer
 
 PREDICTIONS_LOGGED = 100  # validation questions whose predicted answers are logged as a table
+PYFUNC_FILE = Path(__file__).with_name("qa_pyfunc.py")
 
 
 class QAFeatures(EncodedDataset):
@@ -57,19 +59,14 @@ def default_doc_stride(max_seq_length: int) -> int:
 def encode_questions(questions: list[qa_files.Question], tokenizer: Any, max_len: int, stride: int) -> QAFeatures:
     """Question + context windows with offsets into the context and the answer's token span."""
     _check_room(questions, tokenizer, max_len, stride)
-    encoded = tokenizer([q.question.lstrip() for q in questions], [q.context for q in questions],
-                        truncation="only_second", max_length=max_len, stride=stride, padding="max_length",
-                        return_overflowing_tokens=True, return_offsets_mapping=True, return_tensors="np")
+    encoded, offsets, feature_question = encode_windows(tokenizer, [q.question for q in questions],
+                                                        [q.context for q in questions], max_len, stride)
     n = len(encoded["input_ids"])
-    offsets = np.full((n, max_len, 2), NOT_CONTEXT, dtype=np.int64)
     starts, ends = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)  # 0: [CLS], "not in this window"
-    feature_question = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)
     for f in range(n):
-        context = np.array([s == 1 for s in encoded.sequence_ids(f)])
-        offsets[f][context] = encoded["offset_mapping"][f][context]
         question = questions[feature_question[f]]
         first, last = question.starts[0], question.starts[0] + len(question.answers[0])
-        positions = np.flatnonzero(context)
+        positions = np.flatnonzero(offsets[f, :, 0] != NOT_CONTEXT)
         if offsets[f, positions[0], 0] <= first and offsets[f, positions[-1], 1] >= last:
             starts[f] = positions[offsets[f, positions, 0] <= first][-1]
             ends[f] = positions[offsets[f, positions, 1] >= last][0]
@@ -220,3 +217,19 @@ class QuestionAnswering(TransformerTask):
             "preprocessing": settings,
         }
 
+    def serving_model(self, data: DataBundle, folder: Path) -> dict[str, Any]:
+        """What to register: a pyfunc that windows question + context as training did, runs model.onnx and
+        decodes the answer span with evaluation's code (see qa_pyfunc.py)."""
+        import pandas as pd
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        from sparsify_mlflow.usecases.nlp import qa_spans
+
+        first = data.val.questions[0]
+        return self.raw_text_pyfunc(
+            folder, PYFUNC_FILE, pd.DataFrame({"question": [first.question], "context": [first.context]}),
+            ModelSignature(Schema([ColSpec("string", "question"), ColSpec("string", "context")]),
+                           Schema([ColSpec("string", "answer"), ColSpec("double", "score"), ColSpec("long", "start"),
+                                   ColSpec("long", "end")])),
+            code=(Path(qa_spans.__file__),))

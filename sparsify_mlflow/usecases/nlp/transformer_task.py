@@ -200,13 +200,14 @@ class TransformerTask(UseCase):
             (folder / "labels.json").write_text(json.dumps(data.label_names, indent=2, ensure_ascii=False))
 
     @staticmethod
-    def raw_text_pyfunc(folder: Path, python_model: Path, input_example: Any, signature: Any) -> dict[str, Any]:
+    def raw_text_pyfunc(folder: Path, python_model: Path, input_example: Any, signature: Any,
+                        code: tuple[Path, ...] = ()) -> dict[str, Any]:
         """What to register for a task served on raw text: `python_model` (a pyfunc file beside this one)
         with model.onnx, its QDQ twin where the export was INT8, the tokenizer and config.json, and the
-        engine switch it imports (serving_engine.py)."""
+        engine switch it imports (serving_engine.py) beside the other modules it imports (`code`)."""
         return {
             "python_model": python_model,
-            "code_paths": [Path(serving_engine.__file__)],
+            "code_paths": [Path(serving_engine.__file__), *code],
             "artifacts": {"model": str(folder / "model.onnx"), "tokenizer": str(folder / "tokenizer"),
                           "config": str(folder / "config.json"),
                           **({"qdq_model": str(folder / QDQ_FILE)} if (folder / QDQ_FILE).is_file() else {})},
