@@ -97,23 +97,26 @@ def _loss(spec: ModelSpec, model, rows: list, labels):
 
 
 def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sampler: Any,
-                target: str = "auto") -> dict[str, Any]:
-    """Plan (with `target`'s pruning mask), train briefly under the recipe, export; return what the
-    report needs about the file."""
+                target: str = "auto", allocation: str = "uniform") -> dict[str, Any]:
+    """Plan (with `target`'s pruning mask and the `allocation` of sparsity over the layers), train
+    briefly under the recipe, export; return what the report needs about the file."""
     import os
 
     import torch
     from sparseml.pytorch.optim import ScheduledModifierManager
 
     from sparsify_mlflow.export import export_onnx
-    from sparsify_mlflow.levels import plan_recipe, recipe_yaml
-    from sparsify_mlflow.training import scope_sparsity
+    from sparsify_mlflow.levels import RecipeArgs, plan_recipe, recipe_yaml
+    from sparsify_mlflow.training import scope_sparsity, with_layer_costs
 
     os.environ.update(NM_TEST_MODE="1", NM_TEST_LOG_DIR=str(log_dir))  # as training.train does
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(spec)
     scope = pruning_scope(spec, model)
-    plan = plan_recipe(level, spec.plan_epochs, scope, LR, target=target)
+    if allocation != "uniform":
+        scope = with_layer_costs(model, scope, tuple(torch.from_numpy(a) for a in sample_rows(spec, 1, seed=2)))
+    args = RecipeArgs(layer_allocation=None if allocation == "uniform" else allocation)
+    plan = plan_recipe(level, spec.plan_epochs, scope, LR, target=target, args=args)
     recipe = recipe_yaml(plan)
     (out_dir / "recipe.yaml").write_text(recipe)
 
@@ -153,6 +156,8 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
         "torch_threads": torch.get_num_threads(),
         "target_sparsity": plan.target_sparsity,
         "mask_type": plan.mask_type or "none",
+        "layer_allocation": plan.layer_allocation,
+        "layer_sparsity": plan.layer_sparsity,
         "quantized": plan.quantize,
         "recipe_steps": steps,
         "train_seconds": sum(step_seconds),

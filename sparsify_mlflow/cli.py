@@ -136,9 +136,17 @@ def recipe(num_classes: int, **options: Any) -> None:
     case = resolve(cfg.use_case)
     cfg = cfg.with_defaults(model=case.default_model, epochs=case.default_epochs,
                             batch_size=case.default_batch_size, lr=case.default_lr)
-    built, _ = case.create_model(cfg, num_classes, pretrained=False)
     distillation = Distillation() if case.default_distill else None  # as training-aware does
-    click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, case.pruning_scope(built), cfg.lr,
+    built, _ = case.create_model(cfg, num_classes, pretrained=False)
+    scope = case.pruning_scope(built)
+    if (cfg.recipe_args.layer_allocation or "uniform") != "uniform":
+        import torch  # the allocation weighs each layer's compute: one forward pass on a row of the data
+
+        from sparsify_mlflow.training import with_layer_costs
+
+        sample = tuple(torch.from_numpy(x) for x in case.sample_inputs(case.load_data(cfg), 1))
+        scope = with_layer_costs(built, scope, sample)
+    click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, scope, cfg.lr,
                                        distillation=distillation, args=cfg.recipe_args, target=cfg.target)), nl=False)
 
 

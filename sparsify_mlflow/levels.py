@@ -36,6 +36,10 @@ class PruningScope:
     keep_dense: dict[str, str]
     quant_ignore: tuple[str, ...] = ()
     quant_scheme_overrides: dict[str, dict] = field(default_factory=dict)
+    # per pruned parameter: its number of weights and its multiply-accumulates per input row (measured
+    # on a forward pass, training.layer_costs); only the per-layer allocations need them
+    weights: dict[str, int] = field(default_factory=dict)
+    macs: dict[str, int] = field(default_factory=dict)
 
 
 def validate_level(optim_level: float) -> float:
@@ -100,6 +104,49 @@ TARGET_MASKS = {"vnni": "block4", "default": "unstructured", "tensorrt": "2:4"}
 AUTO_REASON = ("1x4 blocks (auto): DeepSparse's sparse INT8 kernels skip whole 4-channel blocks; measured faster "
                "than unstructured at batch 16 on AVX-512 VNNI CPUs for ResNet-50 and BERT-base")
 LR_FUNCTIONS = ("linear", "cosine")  # what sparseml's LearningRateFunctionModifier offers without extra args
+# How the level's sparsity is spread over the pruned layers (--recipe-args layer_allocation): `uniform`
+# prunes every layer to the target; the other two keep the same overall sparsity but leave each layer
+# either dense or pruned past BREAK_EVEN_SPARSITY (never in between), choosing the layers to prune by
+# their number of weights (`by_size`: the big, redundant late layers first) or by the compute each
+# weight costs (`by_compute`: multiply-accumulates per weight, the early high-resolution layers first).
+LAYER_ALLOCATIONS = ("uniform", "by_size", "by_compute")
+# The sparsity past which DeepSparse's sparse INT8 kernels beat its dense INT8 ones on ResNet-50's
+# convolutions at batch 1: per-layer analysis on AVX-512 VNNI (issue 21: the model at 70% ran 11.3 ms,
+# slower than dense INT8's 8.3 ms; at 90% it ran 5.9 ms).
+BREAK_EVEN_SPARSITY = 0.9
+
+
+def allocate_layers(weights: dict[str, int], macs: dict[str, int], target: float, allocation: str,
+                    break_even: float = BREAK_EVEN_SPARSITY, cap: float = MAX_SPARSITY) -> dict[str, float]:
+    """Final sparsity per parameter with `target` sparsity over all of `weights` together.
+
+    `uniform`: every layer at `target`. `by_size` / `by_compute`: the layers last in that order stay
+    dense, as many as keep the others' common sparsity within [break_even, cap] (a layer that would
+    push it past `cap` is passed over for a smaller one); the others are pruned to that sparsity, so
+    the zeros add up to the target. Where no set of layers fits (a few huge layers), the pruned ones
+    end as close above the target as the sizes allow. A target at or past `break_even` is uniform."""
+    if allocation not in LAYER_ALLOCATIONS:
+        raise ValueError(f"layer_allocation must be one of {', '.join(LAYER_ALLOCATIONS)}, got {allocation!r}")
+    if allocation == "uniform" or target <= 0.0 or target >= break_even:
+        return {name: target for name in weights}
+    missing = sorted(set(weights) - set(macs)) if allocation == "by_compute" else []
+    if missing or not weights or min(weights.values()) <= 0:
+        raise ValueError(f"layer_allocation {allocation} needs the weights{' and compute' if missing else ''} "
+                         f"of every pruned layer{': none for ' + ', '.join(missing[:3]) if missing else ''}")
+    key = (lambda n: weights[n]) if allocation == "by_size" else (lambda n: macs[n] / weights[n])
+    total = sum(weights.values())
+    zeros = target * total
+    # dense weights D: the pruned ones' sparsity zeros / (total - D) is >= break_even from `least` on
+    least, most = total - zeros / break_even, total - zeros / cap
+    dense, kept = set(), 0
+    for name in sorted(weights, key=lambda n: (key(n), n)):  # lowest priority first
+        if kept >= least:
+            break
+        if kept + weights[name] <= most:
+            dense.add(name)
+            kept += weights[name]
+    sparsity = round(zeros / (total - kept), 4)
+    return {name: 0.0 if name in dense else sparsity for name in weights}
 
 
 @dataclass(frozen=True)
@@ -119,6 +166,8 @@ class RecipeArgs:
     final_lr: float | None = None
     lr_func: str | None = None                       # linear or cosine
     mask_type: str | None = None                     # unstructured, block4 or 2:4 (instead of --target's)
+    layer_allocation: str | None = None              # uniform (default), by_size or by_compute
+    break_even_sparsity: float | None = None         # the pruned layers' least sparsity (by_size, by_compute)
 
     def __post_init__(self) -> None:
         positive = ("num_qat_epochs", "num_pruning_active_epochs", "pruning_update_frequency", "init_lr")
@@ -137,6 +186,12 @@ class RecipeArgs:
             raise ValueError(f"lr_func must be one of {', '.join(LR_FUNCTIONS)}, got {self.lr_func!r}")
         if self.mask_type is not None and self.mask_type not in MASK_TYPES:
             raise ValueError(f"mask_type must be one of {', '.join(MASK_TYPES)}, got {self.mask_type!r}")
+        if self.layer_allocation is not None and self.layer_allocation not in LAYER_ALLOCATIONS:
+            raise ValueError(f"layer_allocation must be one of {', '.join(LAYER_ALLOCATIONS)}, "
+                             f"got {self.layer_allocation!r}")
+        if self.break_even_sparsity is not None and not MIN_SPARSITY <= self.break_even_sparsity <= MAX_SPARSITY:
+            raise ValueError(f"break_even_sparsity must be in [{MIN_SPARSITY}, {MAX_SPARSITY}], "
+                             f"got {self.break_even_sparsity!r}")
 
     def check_fits(self, epochs: int) -> None:
         """The QAT phase and the pruning ramp must fit into `epochs`, one after the other."""
@@ -219,6 +274,8 @@ class RecipePlan:
     file_params: dict[str, object] = field(default_factory=dict)  # per parameter group of the file
     mask_type: str | None = None        # the pruning mask (None: nothing is pruned)
     mask_reason: str = ""               # why that mask (--target, auto's measurements, --recipe-args)
+    layer_allocation: str = "uniform"   # how the sparsity is spread over the layers (LAYER_ALLOCATIONS)
+    layer_sparsity: dict[str, float] = field(default_factory=dict)  # per pruned parameter, when not uniform
 
     @property
     def label(self) -> str:
@@ -244,6 +301,12 @@ class RecipePlan:
             "recipe.num_pruned_params": len(self.scope.prune) if self.target_sparsity else 0,
             "recipe.num_dense_params": len(self.scope.keep_dense),
         }
+        if self.target_sparsity:
+            out["recipe.layer_allocation"] = self.layer_allocation
+        if self.layer_sparsity:
+            pruned = {v for v in self.layer_sparsity.values() if v > 0}
+            out["recipe.layer_sparsity"] = ",".join(f"{v:g}" for v in sorted(pruned))
+            out["recipe.num_allocated_dense"] = sum(v == 0 for v in self.layer_sparsity.values())
         for name, value in vars(self.schedule).items():
             if name != "epochs" and value is not None:
                 out[f"recipe.schedule.{name}"] = value
@@ -299,6 +362,14 @@ def plan_recipe(
     mask, why = choose_mask(target, quantizes(level), args)
     if mask == "2:4" and sparsity > 0.0:
         sparsity = 0.5  # two zeros in every four weights: the only sparsity a 2:4 mask has
+    allocation = args.layer_allocation or "uniform"
+    if allocation != "uniform" and mask == "2:4":
+        raise ValueError(f"layer_allocation {allocation} needs a mask whose sparsity can vary (block4 or "
+                         f"unstructured); a 2:4 mask is 50% in every layer")
+    per_layer = {}
+    if allocation != "uniform" and sparsity > 0.0:
+        per_layer = allocate_layers({n: scope.weights.get(n, 0) for n in scope.prune}, scope.macs, sparsity,
+                                    allocation, args.break_even_sparsity or BREAK_EVEN_SPARSITY)
     init_lr = float(args.init_lr or lr)
     return RecipePlan(
         optim_level=level,
@@ -314,6 +385,8 @@ def plan_recipe(
         recipe_args=args,
         mask_type=mask if sparsity > 0.0 else None,
         mask_reason=why if sparsity > 0.0 else "",
+        layer_allocation=allocation,
+        layer_sparsity=per_layer,
     )
 
 
@@ -356,6 +429,13 @@ def _header(plan: RecipePlan) -> list[str]:
                      f"{plan.distillation.hardness}, temperature {plan.distillation.temperature}")
     if plan.target_sparsity or plan.quantize:
         lines.append(f"# pruned scope: {len(sc.prune)} parameters (listed in params below)")
+    if plan.layer_sparsity:
+        dense = [n for n in sc.prune if plan.layer_sparsity[n] == 0]
+        pruned = {v for v in plan.layer_sparsity.values() if v > 0}
+        lines.append(f"# layer allocation {plan.layer_allocation}: {len(sc.prune) - len(dense)} layers pruned to "
+                     f"{', '.join(f'{v:g}' for v in sorted(pruned))}, {len(dense)} left dense, "
+                     f"{plan.target_sparsity} over the scope")
+        lines += [f"#   dense by the allocation: {name}" for name in dense]
     lines.append("# kept dense:" + ("" if sc.keep_dense else " (none)"))
     lines += [f"#   {name}: {_one_line(why)}" for name, why in sc.keep_dense.items()]
     if plan.quantize and sc.quant_ignore:
@@ -374,11 +454,13 @@ def recipe_yaml(plan: RecipePlan) -> str:
                "init_lr": plan.lr, "final_lr": plan.final_lr}
     out.append(_modifier("LearningRateFunctionModifier", lr_args))
     if s.prune_end is not None:
-        out += ["", "pruning_modifiers:", _modifier("GMPruningModifier", {
-            "params": list(sc.prune), "init_sparsity": s.init_sparsity,
-            "final_sparsity": plan.target_sparsity, "start_epoch": s.prune_start,
-            "end_epoch": s.prune_end, "update_frequency": s.update_frequency,
-            "inter_func": "cubic", "mask_type": plan.mask_type, "leave_enabled": True})]
+        out += ["", "pruning_modifiers:"]
+        for sparsity, params in _pruning_groups(plan):
+            out.append(_modifier("GMPruningModifier", {
+                "params": params, "init_sparsity": min(s.init_sparsity, sparsity),
+                "final_sparsity": sparsity, "start_epoch": s.prune_start,
+                "end_epoch": s.prune_end, "update_frequency": s.update_frequency,
+                "inter_func": "cubic", "mask_type": plan.mask_type, "leave_enabled": True}))
     elif plan.quantize and sc.prune:
         out += ["", "pruning_modifiers:", _modifier("ConstantPruningModifier", {
             "params": list(sc.prune), "start_epoch": 0.0, "end_epoch": s.epochs})]
@@ -392,6 +474,18 @@ def recipe_yaml(plan: RecipePlan) -> str:
             "start_epoch": 0.0, "end_epoch": s.epochs, "hardness": plan.distillation.hardness,
             "temperature": plan.distillation.temperature})]
     return "\n".join(out) + "\n"
+
+
+def _pruning_groups(plan: RecipePlan) -> list[tuple[float, list[str]]]:
+    """(final sparsity, parameters) of each GMP modifier: one for a uniform plan; per sparsity of the
+    allocation otherwise (the layers it leaves dense get no modifier)."""
+    if not plan.layer_sparsity:
+        return [(plan.target_sparsity, list(plan.scope.prune))]
+    groups: dict[float, list[str]] = {}
+    for name in plan.scope.prune:
+        if plan.layer_sparsity[name] > 0:
+            groups.setdefault(plan.layer_sparsity[name], []).append(name)
+    return sorted(groups.items(), reverse=True)
 
 
 def _quantization_args(scope: PruningScope, start_epoch: float) -> dict:

@@ -110,6 +110,35 @@ def scope_sparsity(model: nn.Module, scope: PruningScope) -> tuple[float, dict[s
     return (zeros / total if total else 0.0), per_param
 
 
+def with_layer_costs(model: nn.Module, scope: PruningScope, sample: tuple[torch.Tensor, ...]) -> PruningScope:
+    """The scope with each pruned weight's size and multiply-accumulates per row of `sample` (batch 1),
+    counted on one forward pass: a conv's weights run once per output pixel, a linear's once per token.
+    What the per-layer allocations (levels.allocate_layers) need; the model is left as it was."""
+    owners = {f"{canonical_param_name(n)}.weight": m for n, m in model.named_modules()
+              if isinstance(getattr(m, "weight", None), torch.Tensor)}
+    wanted = {name: owners[name] for name in scope.prune if name in owners}
+    macs: dict[str, int] = {}
+
+    def counter(name: str, module: nn.Module) -> Callable:
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            channels = output.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else output.shape[-1]
+            macs[name] = macs.get(name, 0) + module.weight.numel() * (output[:1].numel() // channels)
+        return hook
+
+    handles = [module.register_forward_hook(counter(name, module)) for name, module in wanted.items()]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*(t[:1] for t in sample))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    weights = {name: module.weight.numel() for name, module in wanted.items()}
+    return replace(scope, weights=weights, macs=macs)
+
+
 @dataclass
 class Stage:
     """One training stage as the experiment asks for it: the recipe, its settings, where it reports."""

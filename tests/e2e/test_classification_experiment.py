@@ -148,16 +148,22 @@ def test_cli_end_to_end_then_a_second_level_reuses_the_baseline(image_folder: Pa
     registered = Path(mlflow.artifacts.download_artifacts("models:/tiny@candidate", dst_path=str(tmp_path / "reg")))
     assert (registered / "artifacts" / "model.qdq.onnx").is_file(), "the version carries the QDQ twin"
 
-    second_path = tmp_path / "second.json"
+    second_path = tmp_path / "second.json"  # and each layer dense or past the break-even sparsity
     run_cli("training-aware", "--data", str(image_folder), "--optim-level", "0.3", "--tracking-uri", store,
             "--working-dir", str(tmp_path), "--summary-json", str(second_path), "--registered-model-name", "tiny",
-            *TINY)
+            "--recipe-args", '{"layer_allocation": "by_compute"}', *TINY)
     second = json.loads(second_path.read_text())
     parent, children = family(store, second["parent_run_id"])
     assert children["dense"].data.tags["sparsify.reused_from_run"] == summary["dense_run_id"]
     first_dense = family(store, summary["parent_run_id"])[1]["dense"]
     assert children["dense"].data.params["baseline_key"] == first_dense.data.params["baseline_key"]
-    assert_complete_experiment(store, second, 0.3, 0.6)
+    assert_complete_experiment(store, second, 0.3, 0.6)  # the same overall sparsity
+    assert parent.data.params["recipe.layer_allocation"] == "by_compute"
+    per_layer = json.loads(Path(client.download_artifacts(children["sparse"].info.run_id, "sparsity_per_layer.json",
+                                                          str(tmp_path / "layers"))).read_text())
+    column = {name: i for i, name in enumerate(per_layer["columns"])}
+    sparsities = [row[column["sparsity"]] for row in per_layer["data"] if row[column["pruned"]]]
+    assert any(s < 0.05 for s in sparsities) and all(s < 0.05 or s >= 0.88 for s in sparsities), sparsities
     assert second["registered_model"]["version"] == "2"
     assert str(client.get_model_version_by_alias("tiny", "candidate").version) == "2"
 

@@ -309,3 +309,69 @@ def test_auto_says_why_and_recipe_args_override_the_mask() -> None:
         plan_recipe(0.5, 10, SCOPE, 0.01, target="tpu")
     with pytest.raises(ValueError, match="mask_type must be one of"):
         RecipeArgs(mask_type="block8")
+
+
+# ---- --recipe-args layer_allocation: each layer dense or past the break-even sparsity -------------
+
+# A ResNet-like scope: small early layers that compute a lot per weight, big late ones that do not.
+WEIGHTS = {"l1.weight": 40_000, "l2.weight": 150_000, "l3.weight": 600_000, "l4a.weight": 2_400_000,
+           "l4b.weight": 2_400_000, "l4c.weight": 900_000}
+MACS = {"l1.weight": 40_000 * 3136, "l2.weight": 150_000 * 784, "l3.weight": 600_000 * 196,
+        "l4a.weight": 2_400_000 * 49, "l4b.weight": 2_400_000 * 49, "l4c.weight": 900_000 * 49}
+
+
+def overall(sparsity: dict[str, float]) -> float:
+    return sum(WEIGHTS[n] * s for n, s in sparsity.items()) / sum(WEIGHTS.values())
+
+
+@pytest.mark.parametrize("allocation, dense", [
+    ("by_size", {"l1.weight", "l2.weight", "l3.weight", "l4c.weight"}),  # the smallest layers stay dense
+    # the least compute per weight stays dense: l4a and l4b would push the rest past the cap, so l4c and l3
+    ("by_compute", {"l4c.weight", "l3.weight"}),
+])
+def test_allocations_keep_the_overall_sparsity_with_each_layer_dense_or_past_break_even(allocation, dense):
+    sparsity = levels.allocate_layers(WEIGHTS, MACS, 0.7, allocation)
+    assert {n for n, s in sparsity.items() if s == 0} == dense
+    pruned = {s for s in sparsity.values() if s > 0}
+    assert len(pruned) == 1 and levels.BREAK_EVEN_SPARSITY <= pruned.pop() <= levels.MAX_SPARSITY
+    assert overall(sparsity) == pytest.approx(0.7, abs=1e-4)
+
+
+def test_uniform_and_targets_past_break_even_prune_every_layer_alike():
+    assert set(levels.allocate_layers(WEIGHTS, MACS, 0.7, "uniform").values()) == {0.7}
+    assert set(levels.allocate_layers(WEIGHTS, MACS, 0.95, "by_size").values()) == {0.95}
+    with pytest.raises(ValueError, match="needs the weights and compute of every pruned layer: none for l1"):
+        levels.allocate_layers(WEIGHTS, {}, 0.7, "by_compute")
+    with pytest.raises(ValueError, match="layer_allocation must be one of uniform, by_size, by_compute"):
+        RecipeArgs(layer_allocation="greedy")
+    with pytest.raises(ValueError, match=r"break_even_sparsity must be in \[0.6, 0.95\]"):
+        RecipeArgs(break_even_sparsity=0.99)
+
+
+def test_an_allocated_recipe_prunes_only_the_chosen_layers_and_says_which_stay_dense():
+    scope = PruningScope(prune=tuple(WEIGHTS), keep_dense={"fc.weight": "head"}, weights=WEIGHTS, macs=MACS)
+    plan = plan_recipe(0.5, 10, scope, 0.01, args=RecipeArgs(layer_allocation="by_size"))
+    text = recipe_yaml(plan)
+    gmp = modifiers(parse(text))["GMPruningModifier"]
+    assert gmp["params"] == ["l4a.weight", "l4b.weight"] and gmp["final_sparsity"] >= 0.9
+    assert "2 layers pruned to" in text and "#   dense by the allocation: l1.weight" in text
+    assert plan.summary()["recipe.layer_allocation"] == "by_size"
+    assert plan.summary()["recipe.num_allocated_dense"] == 4
+    assert "recipe.layer_sparsity" not in plan_recipe(0.5, 10, scope, 0.01).summary()
+    with pytest.raises(ValueError, match="a 2:4 mask is 50% in every layer"):
+        plan_recipe(0.5, 10, scope, 0.01, target="tensorrt", args=RecipeArgs(layer_allocation="by_size"))
+
+
+def test_layer_costs_count_each_weight_once_per_output_pixel_or_token():
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from sparsify_mlflow.training import with_layer_costs
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, stride=2, padding=1), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 5))
+    scope = with_layer_costs(model, PruningScope(prune=("1.weight", "3.weight"), keep_dense={}),
+                             (torch.randn(2, 3, 8, 8),))
+    assert scope.weights == {"1.weight": 8 * 4 * 9, "3.weight": 64 * 5}
+    assert scope.macs == {"1.weight": 8 * 4 * 9 * 16, "3.weight": 64 * 5}  # conv2's output is 4x4
+    assert model.training  # left as it was
