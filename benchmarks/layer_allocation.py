@@ -53,6 +53,8 @@ def main() -> int:
     p.add_argument("--model", default="resnet50", choices=("resnet50", "resnet18"))
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--level", type=float, default=0.5)
+    p.add_argument("--top-level", type=float, default=1.0,
+                   help="also build this level uniform (the sparsest the levels go), for the best figure pruning reaches")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iterations", type=int, default=40, help="timed batches per file and batch size, all rounds")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -69,10 +71,12 @@ def main() -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="layer-allocation-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    print(f"building {spec.describe()}: dense + INT8 alone, then level {args.level:g} x {', '.join(ALLOCATIONS)}",
-          flush=True)
+    print(f"building {spec.describe()}: dense + INT8 alone, level {args.level:g} x {', '.join(ALLOCATIONS)}, "
+          f"level {args.top_level:g} uniform", flush=True)
     dense = build(spec, 0.0, "uniform", work)
     builds = {a: build(spec, args.level, a, work) for a in ALLOCATIONS}
+    if args.top_level != args.level:
+        builds[f"uniform L{args.top_level:g}"] = build(spec, args.top_level, "uniform", work)
     reference = dense["int8_only"]
 
     files = {"dense": Path(dense["onnx_path"]), "int8-only": Path(reference["onnx_path"]),

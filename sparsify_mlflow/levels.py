@@ -108,7 +108,9 @@ LR_FUNCTIONS = ("linear", "cosine")  # what sparseml's LearningRateFunctionModif
 # prunes every layer to the target; the other two keep the same overall sparsity but leave each layer
 # either dense or pruned past BREAK_EVEN_SPARSITY (never in between), choosing the layers to prune by
 # their number of weights (`by_size`: the big, redundant late layers first) or by the compute each
-# weight costs (`by_compute`: multiply-accumulates per weight, the early high-resolution layers first).
+# weight costs (`by_compute`: multiply-accumulates per weight, the early high-resolution layers first;
+# ResNet-50 at level 0.5 on an AVX-512 VNNI Xeon, DeepSparse, vs INT8 alone at batch 1: by_compute 1.43x,
+# by_size 1.00x, uniform 0.86x; benchmarks/layer_allocation.py).
 LAYER_ALLOCATIONS = ("uniform", "by_size", "by_compute")
 # The sparsity past which DeepSparse's sparse INT8 kernels beat its dense INT8 ones on ResNet-50's
 # convolutions at batch 1: per-layer analysis on AVX-512 VNNI (issue 21: the model at 70% ran 11.3 ms,
@@ -133,13 +135,15 @@ def allocate_layers(weights: dict[str, int], macs: dict[str, int], target: float
     if missing or not weights or min(weights.values()) <= 0:
         raise ValueError(f"layer_allocation {allocation} needs the weights{' and compute' if missing else ''} "
                          f"of every pruned layer{': none for ' + ', '.join(missing[:3]) if missing else ''}")
-    key = (lambda n: weights[n]) if allocation == "by_size" else (lambda n: macs[n] / weights[n])
+    # by_compute breaks ties by size: a transformer's linear layers all compute once per token, so there
+    # it is by_size
+    key = (lambda n: (weights[n],)) if allocation == "by_size" else (lambda n: (macs[n] / weights[n], weights[n]))
     total = sum(weights.values())
     zeros = target * total
     # dense weights D: the pruned ones' sparsity zeros / (total - D) is >= break_even from `least` on
     least, most = total - zeros / break_even, total - zeros / cap
     dense, kept = set(), 0
-    for name in sorted(weights, key=lambda n: (key(n), n)):  # lowest priority first
+    for name in sorted(weights, key=lambda n: (*key(n), n)):  # lowest priority first
         if kept >= least:
             break
         if kept + weights[name] <= most:

@@ -337,6 +337,12 @@ def test_allocations_keep_the_overall_sparsity_with_each_layer_dense_or_past_bre
     assert overall(sparsity) == pytest.approx(0.7, abs=1e-4)
 
 
+def test_by_compute_is_by_size_where_every_weight_computes_alike():
+    per_token = {name: size * 128 for name, size in WEIGHTS.items()}  # a transformer's linear layers
+    assert levels.allocate_layers(WEIGHTS, per_token, 0.7, "by_compute") == \
+        levels.allocate_layers(WEIGHTS, per_token, 0.7, "by_size")
+
+
 def test_uniform_and_targets_past_break_even_prune_every_layer_alike():
     assert set(levels.allocate_layers(WEIGHTS, MACS, 0.7, "uniform").values()) == {0.7}
     assert set(levels.allocate_layers(WEIGHTS, MACS, 0.95, "by_size").values()) == {0.95}
