@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""What a recipe choice costs in accuracy: `python benchmarks/recipe_accuracy.py [--examples ...] [--variants ...]`.
+
+Runs the offline examples (digits, the packaged MiniLM on the embedded text set, NER) as sweeps over
+levels 0.5 and 1.0, once per variant: the mask (`unstructured` = `--target default`, `block4` =
+`--target vnni`) and the layer allocation (`block4-by_size`, `block4-by_compute`: `--recipe-args
+layer_allocation`, level 0.5 only, as 1.0 is past the break-even sparsity and so uniform anyway).
+All in one MLflow store, so each example trains its dense baseline once and every variant is compared
+with the same one. The figure is the metric of the exported file on the deployment engine (what
+ships) against the dense export. Results accumulate in --out/recipe_accuracy.json (a later run adds
+or replaces its own rows) and the table is rewritten to recipe_accuracy.md. Speed is not judged here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "unstructured": (["--target", "default"], "0.5,1.0"),
+    "block4": (["--target", "vnni"], "0.5,1.0"),
+    "block4-by_size": (["--target", "vnni", "--recipe-args", '{"layer_allocation": "by_size"}'], "0.5"),
+    "block4-by_compute": (["--target", "vnni", "--recipe-args", '{"layer_allocation": "by_compute"}'], "0.5"),
+}
+# The offline examples' own arguments (examples/*_offline.sh), at the use case's default epochs.
+EXAMPLES = {
+    "digits": ["--use-case", "cv-classification"],
+    "text": ["--use-case", "text_classification", "--data", "embedded:3000"],
+    "ner": ["--use-case", "ner", "--data", "embedded:1500", "--max-seq-length", "64"],
+}
+# Speed is not measured here: the shortest benchmark the session accepts, no INT8-only reference.
+QUIET = ["--no-int8-reference", "--benchmark-rounds", "1", "--benchmark-iterations", "3", "--no-register"]
+
+
+def run_sweep(example: str, variant: str, store: str, work: Path) -> dict:
+    flags, levels = VARIANTS[variant]
+    summary = work / f"{example}-{variant}.json"
+    command = [sys.executable, "-m", "sparsify_mlflow", "sweep", *EXAMPLES[example], "--optim-levels", levels,
+               *flags, "--tracking-uri", store, "--experiment-name", f"recipe-accuracy-{example}",
+               "--working-dir", str(work), "--summary-json", str(summary), *QUIET]
+    started = time.perf_counter()
+    proc = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{example} {variant} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(summary.read_text())
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def rows_of(example: str, variant: str, sweep: dict) -> list[dict]:
+    table = {row["level"]: row for row in sweep["table"]}
+    dense = table["dense"]
+    return [{"example": example, "variant": variant, "level": float(level), "metric": dense["main_metric"],
+             "dense": dense["main"], "sparse": row["main"], "drop_pt": round(100 * (dense["main"] - row["main"]), 2),
+             "sparsity": row["sparsity"], "dense_run_id": sweep["dense_run_id"], "run_id": row["run_id"],
+             "wall_seconds": sweep["wall_seconds"]}
+            for level, row in table.items() if level not in ("dense", "int8-only")]
+
+
+def markdown(rows: list[dict], machine: str) -> str:
+    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    lines = [f"Metric of the exported file (ONNX on the deployment engine) per variant, its drop from the dense "
+             f"export in points in brackets, the file's measured sparsity after `s`; {machine}.", "",
+             "| example | metric | level | dense | " + " | ".join(variants) + " |",
+             "|---|---|---|---|" + "---|" * len(variants)]
+    for example, level in sorted(dict.fromkeys((r["example"], r["level"]) for r in rows),
+                                 key=lambda k: (list(EXAMPLES).index(k[0]), k[1])):
+        by_variant = {r["variant"]: r for r in rows if r["example"] == example and r["level"] == level}
+        first = next(iter(by_variant.values()))
+        cells = [("" if v not in by_variant else
+                  f"{by_variant[v]['sparse']:.4f} ({-by_variant[v]['drop_pt']:+.1f}) s {by_variant[v]['sparsity']:.2f}")
+                 for v in variants]
+        lines.append(f"| {example} | {first['metric']} | {level:g} | {first['dense']:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def subset(text: str, known: dict, flag: str, parser: argparse.ArgumentParser) -> list[str]:
+    chosen = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        parser.error(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    return chosen
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
+    p.add_argument("--examples", default=",".join(EXAMPLES), help=f"comma-separated subset of {', '.join(EXAMPLES)}")
+    p.add_argument("--variants", default="unstructured,block4", help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--work-dir", type=Path, default=None, help="keep the store and experiment folders here "
+                   "(reusing a store reuses its dense baselines)")
+    args = p.parse_args()
+    examples = subset(args.examples, EXAMPLES, "--examples", p)
+    variants = subset(args.variants, VARIANTS, "--variants", p)
+    os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="recipe-accuracy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    from sparsify_mlflow.engines import cpu_info
+
+    cpu = cpu_info()
+    machine = f"{cpu['model']}, {cpu['cores']} cores, ISA {cpu['isa']}{' + VNNI' if cpu['vnni'] else ''}"
+    results = args.out / "recipe_accuracy.json"
+    rows = json.loads(results.read_text())["rows"] if results.is_file() else []
+    for example in examples:
+        for variant in variants:
+            print(f"{example}: {variant} ...", flush=True)
+            new = rows_of(example, variant, run_sweep(example, variant, store, work))
+            rows = [r for r in rows if (r["example"], r["variant"]) != (example, variant)] + new
+    table = markdown(rows, machine)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"machine": machine, "cpu": cpu, "rows": rows}, indent=2))
+    (args.out / "recipe_accuracy.md").write_text(table)
+    print(f"wrote {results} and recipe_accuracy.md; store: {store}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
