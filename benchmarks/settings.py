@@ -93,8 +93,8 @@ FULL = Settings(
 
 # --quick checks that every section runs and the JSON is complete, not the speed, in < 5 min on a
 # busy 2-core box: smaller models (ResNet-18 at 64 px, a 1-layer BERT-base-width encoder at seq
-# 32 with a 2048-token vocabulary), 2 levels, short rounds, a 1-epoch main job running alongside
-# the rest, one torch thread.
+# 32 with a 2048-token vocabulary), 2 levels, short rounds, a 1-epoch main job on 600 of the 1797
+# digits running alongside the rest, one torch thread.
 QUICK = Settings(
     mode="quick",
     levels=(0.0, 1.0),
@@ -114,7 +114,8 @@ QUICK = Settings(
     train_steps_per_epoch=2,
     train_dense_epochs=1,
     train_rounds=1,
-    e2e_args=("--epochs", "1", "--benchmark-iterations", "3", "--benchmark-rounds", "3", "--no-int8-reference"),
+    e2e_args=("--data", "embedded:600", "--epochs", "1", "--benchmark-iterations", "3", "--benchmark-rounds", "3",
+              "--no-int8-reference"),
     job_threads=1,
     merge_workers=True,
     overlap_e2e=True,

@@ -9,6 +9,20 @@ from typing import Any
 
 import numpy as np
 
+from sparsify_mlflow.errors import DataError
+
+
+def embedded_rows(spec: str, min_rows: int, max_rows: int) -> int:
+    """The N of `--data embedded:N`, checked against the generator's limits."""
+    value = spec.split(":", 1)[1]
+    if not value.strip().isdigit() or not min_rows <= int(value) <= max_rows:
+        raise DataError(f"--data {spec!r}: expected embedded:<rows> with {min_rows} to {max_rows} rows")
+    return int(value)
+
+
+def is_embedded(spec: str | None) -> bool:
+    return spec is None or spec == "embedded" or spec.startswith("embedded:")
+
 
 def cache_root() -> Path:
     """Where generated default datasets live (outside the working tree)."""
@@ -18,18 +32,22 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def digits_image_folder() -> Path:
-    """sklearn's bundled 8x8 digits (1797 real scans) written once as an ImageFolder of PNGs."""
+DIGITS_ROWS, MIN_DIGITS_ROWS = 1797, 100  # sklearn's digits; the fewest a 10-class split trains on
+
+
+def digits_image_folder(rows: int = DIGITS_ROWS) -> Path:
+    """sklearn's bundled 8x8 digits (1797 real scans, or the first `rows`: the classes take turns, so
+    any prefix is near-balanced) written once as an ImageFolder of PNGs."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    root = cache_root() / "datasets" / "digits-imagefolder"
+    root = cache_root() / "datasets" / ("digits-imagefolder" + ("" if rows == DIGITS_ROWS else f"-{rows}"))
     done = root / ".complete"
     if done.exists():
         return root
     digits = load_digits()
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-    for i, (image, target) in enumerate(zip(digits.images, digits.target)):
+    for i, (image, target) in enumerate(zip(digits.images[:rows], digits.target[:rows])):
         folder = tmp / str(target)
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.clip(image * (255.0 / 16.0), 0, 255).astype(np.uint8)

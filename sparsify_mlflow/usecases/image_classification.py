@@ -11,6 +11,7 @@ from torch import nn
 
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data.downloads import named_image_dataset
+from sparsify_mlflow.data.embedded import embedded_rows, is_embedded
 from sparsify_mlflow.data.fingerprint import fingerprint_files
 from sparsify_mlflow.data.imagefolder import ImageFileDataset, scan_image_folder
 from sparsify_mlflow.levels import PruningScope
@@ -48,11 +49,13 @@ class ImageClassification(UseCase):
     def load_data(self, cfg: ExperimentConfig) -> DataBundle:
         from torchvision import transforms as T
 
-        embedded = cfg.data is None
+        embedded = is_embedded(cfg.data)
         if embedded:
-            from sparsify_mlflow.data.embedded import digits_image_folder
+            from sparsify_mlflow.data.embedded import DIGITS_ROWS, MIN_DIGITS_ROWS, digits_image_folder
 
-            root = digits_image_folder()
+            rows = DIGITS_ROWS if cfg.data in (None, "embedded") else embedded_rows(cfg.data, MIN_DIGITS_ROWS,
+                                                                                      DIGITS_ROWS)
+            root = digits_image_folder(rows)
         else:
             root = Path(cfg.data).expanduser()
             if not root.exists():
@@ -73,7 +76,7 @@ class ImageClassification(UseCase):
             val=ImageFileDataset(splits.val, val_tf),
             label_names=splits.classes,
             fingerprint=fingerprint_files(splits.files, root),
-            source="embedded sklearn digits" if embedded else str(root),
+            source=f"embedded sklearn digits ({len(splits.files)} images)" if embedded else str(root),
             info={
                 "data.layout": splits.layout,
                 "data.num_classes": len(splits.classes),

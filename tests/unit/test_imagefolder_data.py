@@ -91,3 +91,18 @@ def test_named_dataset_without_internet_says_what_to_do(monkeypatch, tmp_path: P
         named_image_dataset("imagenette")
     assert named_image_dataset("not-a-known-name") is None
     assert not list((tmp_path / "datasets").glob("imagenette*/*")), "no half-downloaded leftovers"
+
+
+def test_embedded_digits_take_a_row_count_like_the_text_sets(monkeypatch, tmp_path: Path) -> None:
+    from sparsify_mlflow.usecases import resolve
+    from sparsify_mlflow.validation import build_config
+
+    monkeypatch.setenv("SPARSIFY_MLFLOW_CACHE", str(tmp_path))
+    case = resolve("cv-classification")
+    data = case.load_data(build_config(case, data="embedded:200", working_dir=tmp_path))
+    assert len(data.train) + len(data.val) == 200 and data.source == "embedded sklearn digits (200 images)"
+    assert len(data.label_names) == 10 and data.preprocessing["image_size"] == 40  # the digits' own default
+    counts = np.bincount([label for _, label in data.train.samples], minlength=10)
+    assert counts.min() >= 12, counts  # the classes take turns in sklearn's order: any prefix is balanced
+    with pytest.raises(DataError, match="expected embedded:<rows> with 100 to 1797 rows"):
+        case.load_data(build_config(case, data="embedded:5000", working_dir=tmp_path))

@@ -20,6 +20,7 @@ from torch import nn
 
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import qa_files, text_hub
+from sparsify_mlflow.data.embedded import embedded_rows, is_embedded
 from sparsify_mlflow.data.fingerprint import fingerprint_records
 from sparsify_mlflow.data.splits import split_by_seed
 from sparsify_mlflow.errors import ConfigError, DataError
@@ -31,9 +32,7 @@ from sparsify_mlflow.usecases.nlp.transformer_task import (
     EncodedDataset,
     TransformerOptions,
     TransformerTask,
-    embedded_rows,
     int64_arrays,
-    is_embedded,
 )
 from sparsify_mlflow.usecases.nlp.transformers_models import load_question_answerer, load_tokenizer
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import text_files, text_hub
+from sparsify_mlflow.data.embedded import embedded_rows, is_embedded
 from sparsify_mlflow.options import option
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
@@ -34,9 +35,7 @@ from sparsify_mlflow.usecases.nlp.transformer_task import (
     EncodedDataset,
     TransformerOptions,
     TransformerTask,
-    embedded_rows,
     int64_arrays,
-    is_embedded,
 )
 from sparsify_mlflow.usecases.nlp.transformers_models import load_sequence_classifier, load_tokenizer
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from sparsify_mlflow.config import ExperimentConfig
 from sparsify_mlflow.data import text_hub, token_files
+from sparsify_mlflow.data.embedded import embedded_rows, is_embedded
 from sparsify_mlflow.data.fingerprint import fingerprint_records
 from sparsify_mlflow.options import option
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
@@ -31,9 +32,7 @@ from sparsify_mlflow.usecases.nlp.transformer_task import (
     EncodedDataset,
     TransformerOptions,
     TransformerTask,
-    embedded_rows,
     int64_arrays,
-    is_embedded,
 )
 from sparsify_mlflow.usecases.nlp.transformers_models import load_token_classifier, load_tokenizer
 

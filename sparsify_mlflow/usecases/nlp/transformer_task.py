@@ -221,16 +221,3 @@ class TransformerTask(UseCase):
         length = data.preprocessing["max_seq_length"]
         return {n: f"int64 [batch, {length}] from the tokenizer (padding='max_length', truncation)"
                 for n in self.input_names(data)}
-
-
-def embedded_rows(spec: str, min_rows: int, max_rows: int) -> int:
-    """The N of `--data embedded:N`, checked against the generator's limits."""
-    value = spec.split(":", 1)[1]
-    if not value.strip().isdigit() or not min_rows <= int(value) <= max_rows:
-        raise DataError(f"--data {spec!r}: expected embedded:<rows> with {min_rows} to {max_rows} rows, "
-                        "e.g. embedded:3000")
-    return int(value)
-
-
-def is_embedded(spec: str | None) -> bool:
-    return spec is None or spec == "embedded" or spec.startswith("embedded:")
