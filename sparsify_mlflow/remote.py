@@ -195,3 +195,20 @@ def _send(item: _Pending) -> None:
 
 
 BUFFER = MetricBuffer()
+
+
+# MLflow 3.17's UI opens in its GenAI workflow unless the browser chose "Model training" once: runs are
+# then listed as evaluations ("Evaluations" above a run). A link with this query opens the training view.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_link(server: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs (or of one run), in the model-training view; the
+    server's credentials are left out (the browser asks for them)."""
+    parts = urlsplit(server)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base}/{page}?{UI_TRAINING_VIEW}"

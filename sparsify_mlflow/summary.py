@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 
-from sparsify_mlflow.remote import redact_uri
+from sparsify_mlflow.remote import redact_uri, ui_link
 from sparsify_mlflow.report import output_console, print_table
 
 if TYPE_CHECKING:
@@ -143,12 +143,17 @@ def print_summary(result: ExperimentResult, console: Console | None = None) -> N
 
 
 def print_ui_hint(tracking_uri: str, experiment_id: str, console: Console) -> None:
-    """Where to look next: the command that opens a local store, or the server's address."""
+    """Where to look next: the command that opens a local store, or the server's page, linked in the UI's
+    model-training view (tracking.ui_link)."""
     uri = redact_uri(tracking_uri)
     if uri.startswith("sqlite:"):
-        console.print(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
+        console.print(escape(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}, then open "
+                             f"{ui_link('http://127.0.0.1:5000', experiment_id)}"), soft_wrap=True)
+    elif uri.startswith(("http://", "https://")):
+        console.print(escape(f"See it in the MLflow UI: {ui_link(tracking_uri, experiment_id)}"), soft_wrap=True)
     else:
-        console.print(f"See it in the MLflow UI at {uri} (experiment id {experiment_id})")
+        console.print(escape(f"See it in the MLflow UI of the server on {uri} (experiment id {experiment_id})"),
+                      soft_wrap=True)
 
 
 def summary_dict(result: ExperimentResult) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from sparsify_mlflow.errors import TrackingError
 
 FAILURE_TAG = "sparsify.failure_reason"
 PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
-# The experiment tag MLflow 3's UI reads to tell model training from GenAI evaluation, and its value
-# for training experiments (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
+# The experiment tag MLflow 3's UI shows as the experiment's type, and its value for training
+# experiments (mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT).
 EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 
 
@@ -102,9 +102,8 @@ def ensure_experiment(name: str, working_dir: Path) -> str:
     """The experiment id: `mlflow run`'s when we run inside it, else `name` (created if missing).
 
     A new experiment on a local store keeps its artifacts beside the database, in the working folder.
-    The experiment is marked as model development (the UI's experiment kind) unless someone chose a
-    kind: left to infer it, MLflow 3's UI may take it for a GenAI experiment and file its runs (the
-    sweep's parent, which logs a table and no model) under "Evaluations".
+    The experiment is marked as model development (the type MLflow 3's UI shows for it) unless someone
+    chose another kind.
     """
     client = MlflowClient()
     experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or _find_or_create(client, name, working_dir)

@@ -31,6 +31,7 @@ from helpers.data import make_image_folder
 from helpers.mlflow_checks import assert_exported_sparsity
 from sparsify_mlflow import experiment
 from sparsify_mlflow.cli import main
+from sparsify_mlflow.remote import ui_link
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sweep")]
 
@@ -287,10 +288,12 @@ def test_mlflow_ui_shows_the_runs_and_the_registered_model(sweep: Sweep, mlflow_
     for name in (parent, "dense-baseline", "level-0", "level-0.5", "level-0.7", "training-aware"):
         assert re.search(rf"(^|\s){re.escape(name)}(\s|$)", text), f"{name!r} not shown; page text: {text[:1500]}"
 
-    # the sweep's parent (a logged table, no model) is a training run: its page links back to Runs
-    parent_url = f"{mlflow_server}/#/experiments/{experiment_id}/runs/{sweep.summary['parent_run_id']}"
+    # the link the summary prints opens the training view: the sweep's parent (a logged table, no model) is
+    # filed under Runs, not under Evaluations (MLflow 3.17's GenAI view, where a fresh browser starts)
+    parent_url = ui_link(mlflow_server, experiment_id, sweep.summary["parent_run_id"])
     parent_text = visible_text(render(chromium, parent_url, tmp_path / "profile"))
-    assert parent in parent_text and "Evaluations" not in parent_text, parent_text[:1500]
+    assert f"{sweep.client.get_experiment(experiment_id).name} Runs {parent}" in parent_text, parent_text[:1500]
+    assert "Evaluations" not in parent_text, parent_text[:1500]
 
     dataset = sweep.client.get_run(sweep.summary["parent_run_id"]).inputs.dataset_inputs[0].dataset
     assert f"{dataset.name} ({dataset.digest})" in text, f"the runs list shows no dataset: {text[:1500]}"

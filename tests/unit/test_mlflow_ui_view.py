@@ -1,4 +1,4 @@
-"""Experiments are marked as model development, so MLflow 3's UI files their runs under Runs."""
+"""What a user meets in MLflow 3's UI: experiments typed as model development, links to the training view."""
 from pathlib import Path
 
 import mlflow
@@ -22,3 +22,22 @@ def test_new_and_existing_experiments_are_marked_model_development_unless_the_us
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
     assert tracking.ensure_experiment("chosen", tmp_path) == chosen
     assert client.get_experiment(chosen).tags[tracking.EXPERIMENT_KIND_TAG] == "finetuning"
+
+
+def test_the_hint_links_the_training_view_of_the_experiment() -> None:
+    from rich.console import Console
+
+    from sparsify_mlflow.summary import print_ui_hint
+
+    def hint(uri: str) -> str:
+        console = Console(record=True, width=60)  # narrower than the link: it must not be wrapped
+        print_ui_hint(uri, "7", console)
+        return console.export_text()
+
+    local = hint("sqlite:////work/mlflow.db")
+    assert "mlflow ui --backend-store-uri sqlite:////work/mlflow.db, then open " \
+           "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" in local
+    served = hint("https://alice:secret@mlflow.example.com/")
+    assert "https://mlflow.example.com/#/experiments/7/runs?workflowType=machine_learning" in served
+    assert "secret" not in served
+    assert "server on postgresql://" in hint("postgresql://db/mlflow")
