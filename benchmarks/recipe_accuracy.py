@@ -38,8 +38,9 @@ EXAMPLES = {
 QUIET = ["--no-int8-reference", "--benchmark-rounds", "1", "--benchmark-iterations", "3", "--no-register"]
 
 
-def run_sweep(example: str, variant: str, store: str, work: Path) -> dict:
+def run_sweep(example: str, variant: str, store: str, work: Path, only_levels: str | None = None) -> dict:
     flags, levels = VARIANTS[variant]
+    levels = only_levels or levels
     summary = work / f"{example}-{variant}.json"
     command = [sys.executable, "-m", "sparsify_mlflow", "sweep", *EXAMPLES[example], "--optim-levels", levels,
                *flags, "--tracking-uri", store, "--experiment-name", f"recipe-accuracy-{example}",
@@ -93,6 +94,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks")
     p.add_argument("--examples", default=",".join(EXAMPLES), help=f"comma-separated subset of {', '.join(EXAMPLES)}")
     p.add_argument("--variants", default="unstructured,block4", help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--levels", default=None, help="these optim levels instead of each variant's own (e.g. 0.5)")
     p.add_argument("--work-dir", type=Path, default=None, help="keep the store and experiment folders here "
                    "(reusing a store reuses its dense baselines)")
     args = p.parse_args()
@@ -112,8 +114,9 @@ def main() -> int:
     for example in examples:
         for variant in variants:
             print(f"{example}: {variant} ...", flush=True)
-            new = rows_of(example, variant, run_sweep(example, variant, store, work))
-            rows = [r for r in rows if (r["example"], r["variant"]) != (example, variant)] + new
+            new = rows_of(example, variant, run_sweep(example, variant, store, work, args.levels))
+            replaced = {(r["example"], r["variant"], r["level"]) for r in new}
+            rows = [r for r in rows if (r["example"], r["variant"], r["level"]) not in replaced] + new
     table = markdown(rows, machine)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
