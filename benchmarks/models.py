@@ -113,9 +113,9 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(spec)
     scope = pruning_scope(spec, model)
-    if allocation != "uniform":
-        scope = with_layer_costs(model, scope, tuple(torch.from_numpy(a) for a in sample_rows(spec, 1, seed=2)))
     args = RecipeArgs(layer_allocation=None if allocation == "uniform" else allocation)
+    if args.allocates_layers:
+        scope = with_layer_costs(model, scope, sample_rows(spec, 1, seed=2))
     plan = plan_recipe(level, spec.plan_epochs, scope, LR, target=target, args=args)
     recipe = recipe_yaml(plan)
     (out_dir / "recipe.yaml").write_text(recipe)

@@ -139,13 +139,10 @@ def recipe(num_classes: int, **options: Any) -> None:
     distillation = Distillation() if case.default_distill else None  # as training-aware does
     built, _ = case.create_model(cfg, num_classes, pretrained=False)
     scope = case.pruning_scope(built)
-    if (cfg.recipe_args.layer_allocation or "uniform") != "uniform":
-        import torch  # the allocation weighs each layer's compute: one forward pass on a row of the data
-
+    if cfg.recipe_args.allocates_layers:  # it weighs each layer's compute on a row of the data
         from sparsify_mlflow.training import with_layer_costs
 
-        sample = tuple(torch.from_numpy(x) for x in case.sample_inputs(case.load_data(cfg), 1))
-        scope = with_layer_costs(built, scope, sample)
+        scope = with_layer_costs(built, scope, case.sample_inputs(case.load_data(cfg), 1))
     click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, scope, cfg.lr,
                                        distillation=distillation, args=cfg.recipe_args, target=cfg.target)), nl=False)
 

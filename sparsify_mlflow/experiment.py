@@ -144,8 +144,8 @@ def prepare(cfg: ExperimentConfig, use_case: UseCase, experiment_id: str, tracki
     model = use_case.build_model(cfg, data)
     tracking.log_params(data.info | {"data.fingerprint": data.fingerprint, "data.source": data.source})
     scope = use_case.pruning_scope(model)
-    if (cfg.recipe_args.layer_allocation or "uniform") != "uniform":
-        scope = with_layer_costs(model, scope, tuple(torch.from_numpy(x) for x in use_case.sample_inputs(data, 1)))
+    if cfg.recipe_args.allocates_layers:
+        scope = with_layer_costs(model, scope, use_case.sample_inputs(data, 1))
     device = resolve_device(cfg.device)
     print(f"Training on {device} (--device {cfg.device}); benchmarks run on the CPU.")
     mlflow.set_tags({"sparsify.device": str(device), "sparsify.deploy_engine": cfg.deploy_engine})

@@ -37,7 +37,7 @@ class PruningScope:
     quant_ignore: tuple[str, ...] = ()
     quant_scheme_overrides: dict[str, dict] = field(default_factory=dict)
     # per pruned parameter: its number of weights and its multiply-accumulates per input row (measured
-    # on a forward pass, training.layer_costs); only the per-layer allocations need them
+    # on a forward pass, training.with_layer_costs); only the per-layer allocations need them
     weights: dict[str, int] = field(default_factory=dict)
     macs: dict[str, int] = field(default_factory=dict)
 
@@ -113,8 +113,8 @@ LR_FUNCTIONS = ("linear", "cosine")  # what sparseml's LearningRateFunctionModif
 # by_size 1.00x, uniform 0.86x; benchmarks/layer_allocation.py).
 LAYER_ALLOCATIONS = ("uniform", "by_size", "by_compute")
 # The sparsity past which DeepSparse's sparse INT8 kernels beat its dense INT8 ones on ResNet-50's
-# convolutions at batch 1: per-layer analysis on AVX-512 VNNI (issue 21: the model at 70% ran 11.3 ms,
-# slower than dense INT8's 8.3 ms; at 90% it ran 5.9 ms).
+# convolutions at batch 1, from its per-layer analysis on AVX-512 VNNI CPUs: past the first stage, the
+# network at 70% ran slower than dense INT8 and at 91% 1.4x faster (docs/optim-levels.md).
 BREAK_EVEN_SPARSITY = 0.9
 
 
@@ -196,6 +196,11 @@ class RecipeArgs:
         if self.break_even_sparsity is not None and not MIN_SPARSITY <= self.break_even_sparsity <= MAX_SPARSITY:
             raise ValueError(f"break_even_sparsity must be in [{MIN_SPARSITY}, {MAX_SPARSITY}], "
                              f"got {self.break_even_sparsity!r}")
+
+    @property
+    def allocates_layers(self) -> bool:
+        """A per-layer allocation, which needs each layer's size and compute (PruningScope.weights/macs)."""
+        return self.layer_allocation not in (None, "uniform")
 
     def check_fits(self, epochs: int) -> None:
         """The QAT phase and the pruning ramp must fit into `epochs`, one after the other."""
@@ -367,11 +372,11 @@ def plan_recipe(
     if mask == "2:4" and sparsity > 0.0:
         sparsity = 0.5  # two zeros in every four weights: the only sparsity a 2:4 mask has
     allocation = args.layer_allocation or "uniform"
-    if allocation != "uniform" and mask == "2:4":
+    if args.allocates_layers and mask == "2:4":
         raise ValueError(f"layer_allocation {allocation} needs a mask whose sparsity can vary (block4 or "
                          f"unstructured); a 2:4 mask is 50% in every layer")
     per_layer = {}
-    if allocation != "uniform" and sparsity > 0.0:
+    if args.allocates_layers and sparsity > 0.0:
         per_layer = allocate_layers({n: scope.weights.get(n, 0) for n in scope.prune}, scope.macs, sparsity,
                                     allocation, args.break_even_sparsity or BREAK_EVEN_SPARSITY)
     init_lr = float(args.init_lr or lr)

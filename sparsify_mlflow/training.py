@@ -110,10 +110,11 @@ def scope_sparsity(model: nn.Module, scope: PruningScope) -> tuple[float, dict[s
     return (zeros / total if total else 0.0), per_param
 
 
-def with_layer_costs(model: nn.Module, scope: PruningScope, sample: tuple[torch.Tensor, ...]) -> PruningScope:
-    """The scope with each pruned weight's size and multiply-accumulates per row of `sample` (batch 1),
-    counted on one forward pass: a conv's weights run once per output pixel, a linear's once per token.
-    What the per-layer allocations (levels.allocate_layers) need; the model is left as it was."""
+def with_layer_costs(model: nn.Module, scope: PruningScope, sample: list[np.ndarray]) -> PruningScope:
+    """The scope with each pruned weight's size and multiply-accumulates per row of `sample` (the model's
+    inputs, as use cases' sample_inputs give them), counted on one forward pass of the first row: a conv's
+    weights run once per output pixel, a linear's once per token. What the per-layer allocations
+    (levels.allocate_layers) need; the model is left as it was."""
     owners = {f"{canonical_param_name(n)}.weight": m for n, m in model.named_modules()
               if isinstance(getattr(m, "weight", None), torch.Tensor)}
     wanted = {name: owners[name] for name in scope.prune if name in owners}
@@ -130,7 +131,7 @@ def with_layer_costs(model: nn.Module, scope: PruningScope, sample: tuple[torch.
     try:
         model.eval()
         with torch.no_grad():
-            model(*(t[:1] for t in sample))
+            model(*(torch.from_numpy(np.ascontiguousarray(a[:1])) for a in sample))
     finally:
         for handle in handles:
             handle.remove()

@@ -377,7 +377,7 @@ def test_layer_costs_count_each_weight_once_per_output_pixel_or_token():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, stride=2, padding=1), nn.Flatten(),
                           nn.Linear(4 * 4 * 4, 5))
     scope = with_layer_costs(model, PruningScope(prune=("1.weight", "3.weight"), keep_dense={}),
-                             (torch.randn(2, 3, 8, 8),))
+                             [torch.randn(2, 3, 8, 8).numpy()])
     assert scope.weights == {"1.weight": 8 * 4 * 9, "3.weight": 64 * 5}
     assert scope.macs == {"1.weight": 8 * 4 * 9 * 16, "3.weight": 64 * 5}  # conv2's output is 4x4
     assert model.training  # left as it was
