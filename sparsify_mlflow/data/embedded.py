@@ -20,8 +20,9 @@ def embedded_rows(spec: str, min_rows: int, max_rows: int) -> int:
     return int(value)
 
 
-def is_embedded(spec: str | None) -> bool:
-    return spec is None or spec == "embedded" or spec.startswith("embedded:")
+def is_embedded(spec: str | Path | None) -> bool:
+    """`--data` names the embedded set: not given, `embedded` or `embedded:N` (a path never does)."""
+    return spec is None or isinstance(spec, str) and (spec == "embedded" or spec.startswith("embedded:"))
 
 
 def cache_root() -> Path:
