@@ -144,7 +144,7 @@ def print_summary(result: ExperimentResult, console: Console | None = None) -> N
 
 def print_ui_hint(tracking_uri: str, experiment_id: str, console: Console) -> None:
     """Where to look next: the command that opens a local store, or the server's page, linked in the UI's
-    model-training view (tracking.ui_link)."""
+    model-training view (remote.ui_link)."""
     uri = redact_uri(tracking_uri)
     if uri.startswith("sqlite:"):
         console.print(escape(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}, then open "

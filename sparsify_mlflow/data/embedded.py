@@ -12,8 +12,11 @@ import numpy as np
 from sparsify_mlflow.errors import DataError
 
 
-def embedded_rows(spec: str, min_rows: int, max_rows: int) -> int:
-    """The N of `--data embedded:N`, checked against the generator's limits."""
+def embedded_rows(spec: str | None, min_rows: int, max_rows: int, default: int) -> int:
+    """The N of `--data embedded:N`, checked against the generator's limits; `default` for no --data or
+    plain `embedded`."""
+    if spec in (None, "embedded"):
+        return default
     value = spec.split(":", 1)[1]
     if not value.strip().isdigit() or not min_rows <= int(value) <= max_rows:
         raise DataError(f"--data {spec!r}: expected embedded:<rows> with {min_rows} to {max_rows} rows")

@@ -53,8 +53,7 @@ class ImageClassification(UseCase):
         if embedded:
             from sparsify_mlflow.data.embedded import DIGITS_ROWS, MIN_DIGITS_ROWS, digits_image_folder
 
-            rows = DIGITS_ROWS if cfg.data in (None, "embedded") else embedded_rows(cfg.data, MIN_DIGITS_ROWS,
-                                                                                      DIGITS_ROWS)
+            rows = embedded_rows(cfg.data, MIN_DIGITS_ROWS, DIGITS_ROWS, DIGITS_ROWS)
             root = digits_image_folder(rows)
         else:
             root = Path(cfg.data).expanduser()

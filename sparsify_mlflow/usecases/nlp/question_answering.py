@@ -155,7 +155,7 @@ class QuestionAnswering(TransformerTask):
         if is_embedded(spec):
             from sparsify_mlflow.data.embedded_entities import DEFAULT_ROWS, MAX_ROWS, MIN_ROWS, qa_dataset
 
-            rows = DEFAULT_ROWS if spec in (None, "embedded") else embedded_rows(spec, MIN_ROWS, MAX_ROWS)
+            rows = embedded_rows(spec, MIN_ROWS, MAX_ROWS, DEFAULT_ROWS)
             return qa_files.load_qa_splits(qa_dataset(rows), seed=cfg.seed), f"embedded synthetic QA ({rows} questions)"
         if text_hub.looks_like_hub_name(spec):
             hub = text_hub.load_hub_rows(spec, hint="--data a SQuAD JSON file, a JSONL/CSV of id, question, "

@@ -115,9 +115,9 @@ class TextClassification(TransformerTask):
                    "label_column": cfg.use_case_options.label_column}
         spec = cfg.data
         if is_embedded(spec):
-            from sparsify_mlflow.data.embedded_text import DEFAULT_ROWS, sentiment_dataset
+            from sparsify_mlflow.data.embedded_text import sentiment_dataset
 
-            rows = DEFAULT_ROWS if spec in (None, "embedded") else _embedded_rows(spec)
+            rows = _embedded_rows(spec)
             folder = sentiment_dataset(rows)
             return (text_files.load_text_splits(folder, seed=cfg.seed, **columns),
                     f"embedded synthetic sentiment ({rows} rows)")
@@ -191,10 +191,10 @@ class TextClassification(TransformerTask):
                                     ModelSignature(Schema(inputs), Schema(outputs)))
 
 
-def _embedded_rows(spec: str) -> int:
-    from sparsify_mlflow.data.embedded_text import MAX_ROWS, MIN_ROWS
+def _embedded_rows(spec: str | None) -> int:
+    from sparsify_mlflow.data.embedded_text import DEFAULT_ROWS, MAX_ROWS, MIN_ROWS
 
-    return embedded_rows(spec, MIN_ROWS, MAX_ROWS)
+    return embedded_rows(spec, MIN_ROWS, MAX_ROWS, DEFAULT_ROWS)
 
 
 def _fingerprint(splits: text_files.TextSplits, max_seq_length: int) -> str:

@@ -134,7 +134,7 @@ class TokenClassification(TransformerTask):
         if is_embedded(spec):
             from sparsify_mlflow.data.embedded_entities import DEFAULT_ROWS, MAX_ROWS, MIN_ROWS, ner_dataset
 
-            rows = DEFAULT_ROWS if spec in (None, "embedded") else embedded_rows(spec, MIN_ROWS, MAX_ROWS)
+            rows = embedded_rows(spec, MIN_ROWS, MAX_ROWS, DEFAULT_ROWS)
             return (token_files.load_token_splits(ner_dataset(rows), seed=cfg.seed, **columns),
                     f"embedded synthetic NER ({rows} sentences)")
         if text_hub.looks_like_hub_name(spec) and Path(spec).suffix.lower() not in token_files.SUFFIXES:
