@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mlflow
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from torch import nn
 
@@ -70,8 +71,15 @@ def log_datasets(data: DataBundle) -> None:
     else:  # embedded data or a hub dataset: its description
         source, name = CodeDatasetSource({"description": data.source}), data.source.split()[-1]
     for context, split in (("training", data.train), ("validation", data.val)):
-        mlflow.log_input(MetaDataset(source, name=f"{name}-{context}", digest=data.fingerprint[:16]), context=context,
-                         tags={"rows": str(len(split))})
+        dataset = MetaDataset(source, name=f"{name}-{context}", digest=data.fingerprint[:16])
+        try:
+            mlflow.log_input(dataset, context=context, tags={"rows": str(len(split))})
+        except MlflowException as error:
+            # Two runs logging the same new dataset at once: the store looks it up, then inserts it, so the
+            # slower one hits the unique key (seen on PostgreSQL). The dataset now exists; the retry links it.
+            if "dataset" not in str(error) or "unique" not in str(error).lower():
+                raise
+            mlflow.log_input(dataset, context=context, tags={"rows": str(len(split))})
 
 
 def log_data(data: DataBundle) -> None:
