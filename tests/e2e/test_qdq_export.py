@@ -245,10 +245,9 @@ def test_qdq_keeps_every_pruned_zero(built) -> None:
 
 def test_qdq_outputs_match_the_converted_file(built) -> None:
     """Tolerance: 2 steps of the last activation quantizer before the logits (6 without VNNI, see
-    _output_tolerance). Both files compute the
-    same integer network; engines only differ in float rounding order (x_scale * w_scale folded
-    differently, FP32 vs int32 accumulation of the bias), which moves a value lying on a rounding
-    boundary by one step of its quantizer; a real mismatch (a wrong scale, zero point or bias) moves
+    _output_tolerance). Both files compute the same integer network; engines only differ in float rounding
+    order (x_scale * w_scale folded differently, FP32 vs int32 accumulation of the bias), which moves a value
+    lying on a rounding boundary by one step of its quantizer; a real mismatch (a wrong scale, zero point or bias) moves
     logits by many steps."""
     tolerance = _output_tolerance(built.converted)
     qdq = _ort(built.qdq, built.rows)
