@@ -286,10 +286,18 @@ def test_onnxruntime_fuses_the_qdq_file_into_integer_kernels(built) -> None:
 
 
 def test_openvino_runs_every_quantized_op_in_int8(built) -> None:
+    """Every op the QAT quantized runs on an integer kernel; only the FP32 head stays float. Without VNNI
+    OpenVINO runs some activation x activation MatMuls (attention scores, context) in FP32: CI's AVX2-only
+    machine ran 2 of the BERT's 4 there, every weight MatMul (FullyConnected) still in INT8."""
+    from sparsify_mlflow.engines import cpu_info
+
     graph = integer_op_report(built.qdq)
     report = integer_op_report(built.qdq, "openvino")
-    assert sum(report["integer"].values()) == sum(graph["integer"].values()), report
-    assert report["float"] == (Counter({"FullyConnected": 1}) if built.kind == "bert" else Counter()), report
+    head = Counter({"FullyConnected": 1}) if built.kind == "bert" else Counter()
+    fp32_attention = report["float"] - head if built.kind == "bert" and not cpu_info()["vnni"] else Counter()
+    assert set(fp32_attention) <= {"MatMul"}, report
+    assert sum(report["integer"].values()) + fp32_attention.total() == sum(graph["integer"].values()), report
+    assert report["float"] == head + fp32_attention, report
     if built.strategy == "tensor":  # the converted file: OpenVINO dequantizes the weights and runs FP32
         before = integer_op_report(built.converted, "openvino")
         assert sum(before["float"].values()) > sum(before["integer"].values()), before

