@@ -17,7 +17,7 @@ from sparsify_mlflow.data.imagefolder import ImageFileDataset, scan_image_folder
 from sparsify_mlflow.levels import PruningScope
 from sparsify_mlflow.qdq import QDQ_FILE
 from sparsify_mlflow.registry import pinned_requirements
-from sparsify_mlflow.usecases import serving_engine
+from sparsify_mlflow.usecases import image_inputs, serving_engine
 from sparsify_mlflow.usecases.base import (
     CLASSIFICATION_EVAL_METRICS,
     DataBundle,
@@ -165,7 +165,7 @@ class ImageClassification(UseCase):
         example = base64.b64encode(Path(data.val.samples[0][0]).read_bytes()).decode()
         return {
             "python_model": PYFUNC_FILE,
-            "code_paths": [Path(serving_engine.__file__)],  # the engine switch the model file imports
+            "code_paths": [Path(m.__file__) for m in (serving_engine, image_inputs)],  # what the model file imports
             "artifacts": {"model": str(folder / "model.onnx"), "config": str(folder / "config.json"),
                           # the QDQ INT8 twin OpenVINO runs, where the export was INT8
                           **({"qdq_model": str(folder / QDQ_FILE)} if (folder / QDQ_FILE).is_file() else {})},

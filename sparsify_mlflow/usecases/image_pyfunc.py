@@ -1,7 +1,7 @@
 """MLflow pyfunc for a registered image classifier: images in, labels out (MLflow "models from code").
 
 MLflow copies this file into the registered model next to its artifacts (model.onnx, config.json
-with the labels and the preprocessing) and serving_engine.py, so the model loads without
+with the labels and the preprocessing), serving_engine.py and image_inputs.py, so the model loads without
 sparsify_mlflow installed: it needs numpy, pandas, pillow and onnxruntime (or deepsparse, openvino).
 
     model = mlflow.pyfunc.load_model("models:/<name>@champion")
@@ -23,15 +23,11 @@ must not import sparsify_mlflow.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -48,9 +44,10 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.engine = ServingEngine(engine_name(context), context.artifacts, list(config["inputs"]))
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
+        from image_inputs import image_items, load_image
         from serving_engine import classified
 
-        batch = np.stack([self.preprocess(_image(item)) for item in _items(model_input)])
+        batch = np.stack([self.preprocess(load_image(item)) for item in image_items(model_input)])
         return classified(self.engine.run([batch]), self.labels)
 
     def preprocess(self, image: Any) -> np.ndarray:
@@ -66,41 +63,6 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         image = image.crop((left, top, left + self.size, top + self.size))
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
         return np.ascontiguousarray((pixels - self.mean) / self.std, dtype=np.float32)
-
-
-def _items(model_input: Any) -> list[Any]:
-    """The images of a DataFrame (column `image`, or the first), a dict, a list or a single image."""
-    if isinstance(model_input, dict):
-        model_input = model_input.get("image", next(iter(model_input.values())))
-    if isinstance(model_input, pd.DataFrame):
-        column = "image" if "image" in model_input.columns else model_input.columns[0]
-        model_input = model_input[column]
-    if _is_one_image(model_input):
-        return [model_input]
-    out: list[Any] = []  # MLflow turns {"image": [a, b]} into one row holding the list: flatten such cells
-    for value in model_input:
-        out.extend([value] if _is_one_image(value) else list(value))
-    return out
-
-
-def _is_one_image(value: Any) -> bool:
-    return isinstance(value, (str, bytes)) or (isinstance(value, np.ndarray) and value.dtype != object
-                                               and value.ndim in (2, 3))
-
-
-def _image(item: Any) -> Any:
-    """A PIL RGB image from base64 text, raw bytes, a file path or an HxWx3 (or HxW) uint8 array."""
-    from PIL import Image
-
-    if isinstance(item, np.ndarray):
-        return Image.fromarray(item.astype(np.uint8)).convert("RGB")
-    if isinstance(item, str):
-        try:
-            item = base64.b64decode(item, validate=True)
-        except (binascii.Error, ValueError):
-            with open(item, "rb") as fh:  # not base64: a file path
-                item = fh.read()
-    return Image.open(io.BytesIO(bytes(item))).convert("RGB")
 
 
 mlflow.models.set_model(ImageClassifier())

@@ -63,6 +63,71 @@ def assert_experiment(store: str, summary: dict, main: str, others: tuple[str, .
     assert registry.get_model_version(versions[0].name, versions[0].version).tags["main_metric"] == main
 
 
+def registered_pyfunc(store: str, shapes: Path):
+    """The registered version as a user loads it, and a validation image of the dataset upscaled to 64 x 48
+    (a size the model was not trained at: answers must come back in the pixels of the image as sent)."""
+    import mlflow.pyfunc
+    from PIL import Image
+
+    (version,) = registered_versions(store)
+    # the version's files, not models:/ (that needs a global registry URI, which later `mlflow run`s inherit)
+    registry = MlflowClient(tracking_uri=store, registry_uri=store)
+    model = mlflow.pyfunc.load_model(registry.get_model_version_download_uri(version.name, version.version))
+    image_file = sorted((shapes / "images" / "val").iterdir())[0]
+    with Image.open(image_file) as image:
+        return model, image.convert("RGB").resize((64, 48))
+
+
+def engine_outputs(summary: dict, image) -> list:
+    """The deployed ONNX file on ONNX Runtime, fed by validation's own preprocessing (common.to_tensor)."""
+    import onnxruntime as ort
+
+    from sparsify_mlflow.usecases.vision_dense.common import to_tensor
+
+    session = ort.InferenceSession(str(Path(summary["artifacts"]["deployment_dir"]) / "model.onnx"))
+    return session.run(None, {"input": to_tensor(image, int(TINY["image_size"]))[None].numpy()})
+
+
+def assert_serves_raw_boxes(store: str, summary: dict, shapes: Path) -> None:
+    """Boxes from an image file, as validation decodes them, scaled to the image as sent; labels by name."""
+    import io
+
+    import numpy as np
+
+    from sparsify_mlflow.usecases.vision_dense.postprocess import decode_centernet
+
+    model, image = registered_pyfunc(store, shapes)
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    answer = model.predict({"image": [png.getvalue()]}, params={"min_score": 0.01})
+    assert list(answer.columns) == ["image", "label", "score", "label_id", "x1", "y1", "x2", "y2"] and len(answer)
+    (expected,) = decode_centernet(*engine_outputs(summary, image), int(TINY["image_size"]), 0.01)
+    np.testing.assert_allclose(answer[["x1", "y1", "x2", "y2"]].to_numpy(),
+                               expected["boxes"] * np.array([2, 1.5, 2, 1.5]), atol=1e-3)
+    assert answer["label"].tolist() == [["square", "disc", "triangle"][k] for k in expected["labels"]]
+    assert (answer["score"] >= 0.3).sum() == len(model.predict({"image": [np.asarray(image)]}))  # default 0.3
+
+
+def assert_serves_raw_masks(store: str, summary: dict, shapes: Path) -> None:
+    """A mask PNG at the image's size, the labels present by name with their pixel shares."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from sparsify_mlflow.usecases.vision_dense.postprocess import upsample_argmax
+
+    model, image = registered_pyfunc(store, shapes)
+    (row,) = model.predict({"image": [np.asarray(image)]}).to_dict("records")
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["mask"]))))
+    assert mask.shape == (48, 64)
+    assert np.array_equal(mask, upsample_argmax(engine_outputs(summary, image)[0], (48, 64))[0])
+    names = ["background", "square", "disc", "triangle"]
+    ids, counts = np.unique(mask, return_counts=True)
+    assert sorted(row["labels"]) == sorted(names[k] for k in ids) and abs(sum(row["fractions"]) - 1) < 1e-3
+
+
 def summary_labels(summary: dict) -> str:
     """The label names the run wrote into deployment/config.json, as JSON."""
     config = json.loads((Path(summary["artifacts"]["deployment_dir"]) / "config.json").read_text())
@@ -81,6 +146,7 @@ def test_detection_through_the_cli(shapes: Path, store: str, tmp_path: Path) -> 
     assert_comparison_follows_its_definitions(store, summary["parent_run_id"])
     config = json.loads((Path(summary["artifacts"]["deployment_dir"]) / "config.json").read_text())
     assert config["labels"] == ["square", "disc", "triangle"] and "heatmap" in config["outputs"]
+    assert_serves_raw_boxes(store, summary, shapes)
 
 
 def test_segmentation_through_mlflow_run(shapes: Path, store: str, tmp_path: Path) -> None:
@@ -95,3 +161,4 @@ def test_segmentation_through_mlflow_run(shapes: Path, store: str, tmp_path: Pat
     assert_experiment(store, summary, "miou", ("pixel_accuracy",), "per_class_iou")
     parent, _ = family(store, summary["parent_run_id"])
     assert parent.data.tags.get("mlflow.project.entryPoint") == "main"
+    assert_serves_raw_masks(store, summary, shapes)

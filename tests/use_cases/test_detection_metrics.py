@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparsify_mlflow.usecases.vision_dense import centernet
+from sparsify_mlflow.usecases.vision_dense import centernet, postprocess
 from sparsify_mlflow.usecases.vision_dense.metrics import SegmentationScores, detection_metrics
 from sparsify_mlflow.usecases.vision_dense.segmentation import rasterise, upsample_argmax
 
@@ -112,3 +112,55 @@ def test_loss_is_lower_for_the_right_answer() -> None:
     right = centernet.loss(torch.where(heat == 1, 6.0, -6.0)[None], boxes[None], heat[None], boxes[None], mask[None])
     wrong = centernet.loss(torch.full((1, 1, 8, 8), 0.0), torch.zeros(1, 4, 8, 8), heat[None], boxes[None], mask[None])
     assert float(right) < 0.1 < float(wrong)
+
+
+def test_nms_matches_torchvision() -> None:
+    """The hand-written NMS the registered pyfunc ships (no torch there) against torchvision's, on crowded
+    boxes of three classes, with duplicates and empty boxes."""
+    from torchvision.ops import batched_nms as reference
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        corners = rng.uniform(0, 40, (60, 2)).astype(np.float32)
+        sizes = rng.uniform(0, 12, (60, 2)).astype(np.float32)
+        sizes[:5] = 0.0  # empty boxes: IoU 0/0 must not suppress
+        boxes = np.concatenate([corners, corners + sizes], axis=1)
+        boxes[10:15] = boxes[20:25]  # exact duplicates
+        scores = rng.uniform(0, 1, 60).astype(np.float32)
+        classes = rng.integers(0, 3, 60)
+        expected = reference(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), 0.5)
+        assert postprocess.batched_nms(boxes, scores, classes, 0.5).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("shape, size", [((2, 4, 5, 5), 13), ((1, 3, 4, 4), 32), ((1, 5, 3, 6), (7, 11))])
+def test_upsampling_matches_torch_bilinear(shape, size) -> None:
+    logits = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    hw = (size, size) if isinstance(size, int) else size
+    expected = torch.nn.functional.interpolate(torch.from_numpy(logits), size=hw, mode="bilinear",
+                                               align_corners=False).argmax(1)
+    assert np.array_equal(postprocess.upsample_argmax(logits, size), expected.numpy())
+
+
+def test_decoder_matches_torch_ops_on_random_maps() -> None:
+    """decode_centernet against the same steps in torch (max_pool2d peaks, topk, torchvision NMS)."""
+    from torchvision.ops import batched_nms
+
+    rng = np.random.default_rng(2)
+    heat_logits = rng.normal(-2, 2, (2, 3, 8, 8)).astype(np.float32)
+    box_map = rng.normal(0, 1, (2, 4, 8, 8)).astype(np.float32)
+    heat = torch.sigmoid(torch.from_numpy(heat_logits))
+    peaks = heat * (torch.nn.functional.max_pool2d(heat, 3, stride=1, padding=1) == heat)
+    scores, index = peaks.view(2, -1).topk(postprocess.MAX_DETECTIONS)
+    found = postprocess.decode_centernet(heat_logits, box_map, 64)
+    for b in range(2):
+        keep = scores[b] > postprocess.SCORE_THRESHOLD
+        idx, score = index[b][keep], scores[b][keep]
+        cls, pos = idx // 64, idx % 64
+        offx, offy, lw, lh = (torch.from_numpy(box_map[b, k]).reshape(-1)[pos] for k in range(4))
+        cx, cy = ((pos % 8).float() + offx) * 8, ((pos // 8).float() + offy) * 8
+        w, h = torch.exp(lw) * 8, torch.exp(lh) * 8
+        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1).clamp(0, 64)
+        kept = batched_nms(xyxy, score, cls, postprocess.NMS_IOU)
+        assert found[b]["labels"].tolist() == cls[kept].tolist() and len(kept) > 5
+        np.testing.assert_allclose(found[b]["boxes"], xyxy[kept].numpy(), atol=1e-4)
+        np.testing.assert_allclose(found[b]["scores"], score[kept].numpy(), atol=1e-6)

@@ -1,7 +1,7 @@
 """CenterNet-style targets, loss and decoding for `CenterNetLite`'s raw maps.
 
-`decode` is the one post-processing path: it serves the PyTorch model and the exported ONNX file
-alike (numpy in), so their mAPs compare the networks, not two decoders.
+Decoding lives in `postprocess.decode_centernet` (numpy): one path for the PyTorch model, the
+exported ONNX files and the registered pyfunc, so their mAPs compare the networks, not two decoders.
 """
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-MAX_DETECTIONS = 100
-SCORE_THRESHOLD = 0.01   # low on purpose: mAP integrates over the whole precision/recall curve
-NMS_IOU = 0.5
-MAX_LOG_SIZE = 6.0       # exp(6) cells: larger than any box on the grid, guards exp overflow
+from sparsify_mlflow.usecases.vision_dense.postprocess import decode_centernet
 
 
 def encode(objects: list[tuple[int, tuple[float, float, float, float]]], num_classes: int, grid: int
@@ -55,29 +52,6 @@ def loss(heat_logits: torch.Tensor, box_pred: torch.Tensor, heat: torch.Tensor, 
 
 
 def decode(heat_logits: np.ndarray, box_map: np.ndarray, image_size: int) -> list[dict[str, torch.Tensor]]:
-    """Raw maps of a batch -> per image {boxes [N,4] xyxy in input pixels, scores, labels}.
-
-    Peaks of the sigmoid heatmap (3x3 local maxima), top-k, box from the box map, then class-wise
-    NMS (`torchvision.ops.batched_nms`) and at most MAX_DETECTIONS boxes.
-    """
-    from torchvision.ops import batched_nms
-
-    heat = torch.sigmoid(torch.from_numpy(np.asarray(heat_logits, dtype=np.float32)))
-    box = torch.from_numpy(np.asarray(box_map, dtype=np.float32))
-    n, c, g, _ = heat.shape
-    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
-    scores, index = peaks.view(n, -1).topk(min(MAX_DETECTIONS, c * g * g))
-    cell = image_size / g
-    out = []
-    for b in range(n):
-        keep = scores[b] > SCORE_THRESHOLD
-        idx, score = index[b][keep], scores[b][keep]
-        cls, pos = idx // (g * g), idx % (g * g)
-        iy, ix = (pos // g).float(), (pos % g).float()
-        offx, offy, lw, lh = (box[b, k].reshape(-1)[pos] for k in range(4))
-        cx, cy = (ix + offx) * cell, (iy + offy) * cell
-        w, h = torch.exp(lw.clamp(max=MAX_LOG_SIZE)) * cell, torch.exp(lh.clamp(max=MAX_LOG_SIZE)) * cell
-        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1).clamp(0, image_size)
-        kept = batched_nms(xyxy, score, cls, NMS_IOU)[:MAX_DETECTIONS]
-        out.append({"boxes": xyxy[kept], "scores": score[kept], "labels": cls[kept].long()})
-    return out
+    """`postprocess.decode_centernet` as torchmetrics takes it: per image {boxes, scores, labels} tensors."""
+    return [{k: torch.from_numpy(v) for k, v in found.items()}
+            for found in decode_centernet(heat_logits, box_map, image_size)]

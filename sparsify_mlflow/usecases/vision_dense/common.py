@@ -15,14 +15,19 @@ from sparsify_mlflow.data.fingerprint import fingerprint_files
 from sparsify_mlflow.data.yolo import YoloSample, YoloSplits, load_rgb, scan_yolo
 from sparsify_mlflow.errors import ConfigError
 from sparsify_mlflow.levels import PruningScope
+from sparsify_mlflow.qdq import QDQ_FILE
+from sparsify_mlflow.registry import pinned_requirements
+from sparsify_mlflow.usecases import image_inputs, serving_engine
 from sparsify_mlflow.usecases.base import DataBundle, UseCase
 from sparsify_mlflow.usecases.vision import VisionOptions
+from sparsify_mlflow.usecases.vision_dense import postprocess
 from sparsify_mlflow.usecases.vision_dense.nets import STRIDE, build_dense_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 128   # square input; the small end of what CPU training handles in minutes
 FIGURE_IMAGES = 4          # validation images drawn per figure
+DENSE_PYFUNC_FILE = Path(__file__).parents[1] / "dense_pyfunc.py"
 
 
 def to_tensor(image, size: int, flip: bool = False) -> torch.Tensor:
@@ -136,6 +141,36 @@ class DenseUseCase(UseCase):
     def sample_inputs(self, data: DataBundle, n: int) -> list[np.ndarray]:
         rows = [data.val[i % len(data.val)][0] for i in range(n)]
         return [torch.stack(rows).numpy()]
+
+    def output_schema(self) -> Any:
+        """The pyfunc's answer (an mlflow.types Schema): boxes or masks, see dense_pyfunc.py."""
+        raise NotImplementedError
+
+    def serving_params(self) -> Any:
+        """The pyfunc's predict params (an mlflow.types ParamSchema), or None."""
+        return None
+
+    def serving_model(self, data: DataBundle, folder: Path) -> dict[str, Any]:
+        """What to register: a pyfunc that takes images (base64 text, bytes, paths, arrays), preprocesses them as
+        validation did, runs model.onnx and decodes boxes or masks with validation's code (dense_pyfunc.py)."""
+        import base64
+
+        import pandas as pd
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        example = base64.b64encode(Path(data.val.samples[0].image).read_bytes()).decode()
+        return {
+            "python_model": DENSE_PYFUNC_FILE,
+            "code_paths": [Path(m.__file__) for m in (serving_engine, image_inputs, postprocess)],
+            "artifacts": {"model": str(folder / "model.onnx"), "config": str(folder / "config.json"),
+                          **({"qdq_model": str(folder / QDQ_FILE)} if (folder / QDQ_FILE).is_file() else {})},
+            "input_example": pd.DataFrame({"image": [example]}),
+            "signature": ModelSignature(Schema([ColSpec("string", "image")]), self.output_schema(),
+                                        params=self.serving_params()),
+            "model_config": {"engine": "onnxruntime"},
+            "pip_requirements": pinned_requirements("numpy", "pandas", "pillow", "onnxruntime"),
+        }
 
     def pruning_scope(self, model: nn.Module) -> PruningScope:
         """Prune every conv but the stem and the final prediction convs; those also stay FP32.

@@ -2,7 +2,8 @@
 QAT-ready ResNet-18 trunk, COCO mAP@0.5 and mAP@0.5:0.95 via torchmetrics + pycocotools.
 
 The ONNX file holds the network up to its raw maps (`heatmap` logits, `boxes`); decoding and
-class-wise NMS run after the engine in `centernet.decode`, for PyTorch and ONNX alike.
+class-wise NMS run after the engine in `postprocess.decode_centernet`, for PyTorch, ONNX and the
+registered pyfunc alike.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
-from sparsify_mlflow.usecases.vision_dense import centernet
+from sparsify_mlflow.usecases.vision_dense import centernet, postprocess
 from sparsify_mlflow.usecases.vision_dense.common import FIGURE_IMAGES, DenseUseCase, YoloImages
 from sparsify_mlflow.usecases.vision_dense.metrics import detection_metrics
 from sparsify_mlflow.usecases.vision_dense.nets import DETECTION_OUTPUTS, STRIDE
@@ -79,11 +80,22 @@ class Detection(DenseUseCase):
                 "boxes": f"float32 [batch, 4, S/{STRIDE}, S/{STRIDE}]: per cell centre offset x, y (cells) and "
                          "log width, log height (cells)",
             },
-            "postprocessing": {"decoder": "sparsify_mlflow.usecases.vision_dense.centernet.decode", "stride": STRIDE,
-                               "score_threshold": centernet.SCORE_THRESHOLD, "nms_iou": centernet.NMS_IOU,
-                               "max_detections": centernet.MAX_DETECTIONS},
+            "postprocessing": {"decoder": "sparsify_mlflow.usecases.vision_dense.postprocess.decode_centernet",
+                               "stride": STRIDE, "score_threshold": postprocess.SCORE_THRESHOLD,
+                               "nms_iou": postprocess.NMS_IOU, "max_detections": postprocess.MAX_DETECTIONS},
             "preprocessing": data.preprocessing,
         }
+
+    def output_schema(self) -> Any:
+        from mlflow.types import ColSpec, Schema
+
+        return Schema([ColSpec("long", "image"), ColSpec("string", "label"), ColSpec("double", "score"),
+                       ColSpec("long", "label_id"), *(ColSpec("double", k) for k in ("x1", "y1", "x2", "y2"))])
+
+    def serving_params(self) -> Any:
+        from mlflow.types import ParamSchema, ParamSpec
+
+        return ParamSchema([ParamSpec("min_score", "double", 0.3)])
 
     def prediction_figures(self, predictors: dict[str, Predictor], data: DataBundle) -> dict[str, Any]:
         """Validation images with ground truth and each model's boxes (score >= 0.3) drawn."""

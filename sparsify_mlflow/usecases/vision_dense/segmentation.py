@@ -4,7 +4,8 @@ QAT-ready ResNet-18 trunk, mean IoU and pixel accuracy (torchmetrics).
 Semantic, not instance: polygons are rasterised (PIL ImageDraw, in file order: later polygons
 paint over earlier ones) into one class mask per image; class 0 is the background and YOLO class
 k becomes mask value k + 1. The ONNX file outputs stride-8 logits; upsampling to the input size
-(bilinear) and argmax run after the engine, in `upsample_argmax`, for PyTorch and ONNX alike.
+(bilinear) and argmax run after the engine, in `postprocess.upsample_argmax`, for PyTorch, ONNX and
+the registered pyfunc alike.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 
 from sparsify_mlflow.data.yolo import YoloSplits
 from sparsify_mlflow.usecases.base import DataBundle, Metrics, Predictor
+from sparsify_mlflow.usecases.vision_dense import postprocess
 from sparsify_mlflow.usecases.vision_dense.common import FIGURE_IMAGES, DenseUseCase, YoloImages
 from sparsify_mlflow.usecases.vision_dense.metrics import SegmentationScores
 from sparsify_mlflow.usecases.vision_dense.nets import SEGMENTATION_OUTPUTS, STRIDE
@@ -37,9 +39,9 @@ def rasterise(objects: list, size: int) -> torch.Tensor:
 
 
 def upsample_argmax(logits: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """Stride-8 logits [B, C, h, w] -> class masks [B, size, size] (bilinear, like the training loss)."""
-    t = torch.as_tensor(np.asarray(logits, dtype=np.float32))
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).argmax(1)
+    """Stride-8 logits [B, C, h, w] -> class masks [B, size, size] (`postprocess.upsample_argmax`, bilinear
+    like the training loss)."""
+    return torch.from_numpy(postprocess.upsample_argmax(np.asarray(logits, dtype=np.float32), size))
 
 
 class SegmentationImages(YoloImages):
@@ -85,10 +87,17 @@ class Segmentation(DenseUseCase):
             "inputs": {"input": "float32 [batch, 3, S, S], RGB, resized and normalised as below"},
             "outputs": {"logits": f"float32 [batch, num_labels, S/{STRIDE}, S/{STRIDE}]: class logits per cell; "
                                   "label 0 is the background"},
-            "postprocessing": {"function": "sparsify_mlflow.usecases.vision_dense.segmentation.upsample_argmax",
+            "postprocessing": {"function": "sparsify_mlflow.usecases.vision_dense.postprocess.upsample_argmax",
                                "upsample": "bilinear to S x S (align_corners=False), then argmax over labels"},
             "preprocessing": data.preprocessing,
         }
+
+    def output_schema(self) -> Any:
+        from mlflow.types import ColSpec, Schema
+        from mlflow.types.schema import Array
+
+        return Schema([ColSpec("string", "mask"), ColSpec(Array("string"), "labels"),
+                       ColSpec(Array("double"), "fractions")])
 
     def prediction_figures(self, predictors: dict[str, Predictor], data: DataBundle) -> dict[str, Any]:
         """Validation images with the true mask and each model's predicted mask."""
