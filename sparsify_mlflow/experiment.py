@@ -71,6 +71,7 @@ from sparsify_mlflow.training import (
     train_stepping_down,
     with_layer_costs,
 )
+from sparsify_mlflow.ui_view import ensure_headline_view
 from sparsify_mlflow.usecases.base import DataBundle, UseCase
 
 BASELINE_KEY_TAG = "sparsify.baseline_key"
@@ -133,7 +134,9 @@ def open_store(cfg: ExperimentConfig) -> tuple[ExperimentConfig, UseCase, str, s
                             eval_metric=use_case.main_metric)
     tracking_uri = tracking.resolve_tracking_uri(cfg.tracking_uri, cfg.working_dir)
     tracking.connect(tracking_uri)
-    return cfg, use_case, tracking_uri, tracking.ensure_experiment(cfg.experiment_name, cfg.working_dir)
+    experiment_id = tracking.ensure_experiment(cfg.experiment_name, cfg.working_dir)
+    ensure_headline_view(experiment_id, cfg.benchmark_batch_size)
+    return cfg, use_case, tracking_uri, experiment_id
 
 
 def prepare(cfg: ExperimentConfig, use_case: UseCase, experiment_id: str, tracking_uri: str) -> Session:

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from sparsify_mlflow.errors import TrackingError
+from sparsify_mlflow.ui_view import VIEW_ID
 
 # Connecting must be quick (a dead or firewalled host), answering may be slow (a busy server; the
 # basic-auth app hashes the password on every request).
@@ -203,12 +204,14 @@ UI_TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def ui_link(server: str, experiment_id: str, run_id: str | None = None) -> str:
-    """The MLflow UI's page of an experiment's runs (or of one run), in the model-training view; the
-    server's credentials are left out (the browser asks for them)."""
+    """The MLflow UI's page of an experiment's runs (or of one run), in the model-training view, the runs
+    list with the headline columns; the server's credentials are left out (the browser asks for them)."""
     parts = urlsplit(server)
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     netloc += f":{parts.port}" if parts.port else ""
     base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
-    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
-    return f"{base}/{page}?{UI_TRAINING_VIEW}"
+    if run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_TRAINING_VIEW}"
+    # the runs list in the saved view with the headline metrics as columns (ui_view.py)
+    return f"{base}/#/experiments/{experiment_id}/runs?{UI_TRAINING_VIEW}&viewStateShareKey={VIEW_ID}"

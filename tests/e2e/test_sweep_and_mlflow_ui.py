@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from helpers import REPO
 from helpers.data import make_image_folder
 from helpers.mlflow_checks import assert_exported_sparsity
-from sparsify_mlflow import experiment
+from sparsify_mlflow import experiment, ui_view
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.remote import ui_link
 
@@ -295,6 +295,13 @@ def test_mlflow_ui_shows_the_runs_and_the_registered_model(sweep: Sweep, mlflow_
     assert f"{sweep.client.get_experiment(experiment_id).name} Runs {parent}" in parent_text, parent_text[:1500]
     assert "Evaluations" not in parent_text, parent_text[:1500]
 
+    # the link the summary prints for the experiment opens the saved view with the headline metrics as columns
+    headline_text = visible_text(render(chromium, ui_link(mlflow_server, experiment_id), tmp_path / "profile"))
+    assert ui_view.VIEW_NAME in headline_text, headline_text[:1500]
+    header = headline_text[headline_text.index(" Metrics "):]
+    for column in ("metric", "metric_drop_pt", "sparsity", "size_mb", "speedup_bs1", "speedup_vs_best_dense_bs1"):
+        assert f" {column} " in header[:600], f"column {column!r} not shown: {header[:600]}"
+
     dataset = sweep.client.get_run(sweep.summary["parent_run_id"]).inputs.dataset_inputs[0].dataset
     assert f"{dataset.name} ({dataset.digest})" in text, f"the runs list shows no dataset: {text[:1500]}"
     models_url = f"{mlflow_server}/#/experiments/{experiment_id}/models"
@@ -317,7 +324,9 @@ def test_mlflow_ui_shows_the_runs_and_the_registered_model(sweep: Sweep, mlflow_
         assert f"@ {alias}" in model_text or f"@{alias}" in model_text, f"alias {alias} not shown: {model_text[:1500]}"
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for url, name in ((runs_url, "mlflow-ui-sweep-runs.png"), (f"{mlflow_server}/#/models/{NAME}", "mlflow-ui-model.png"),
+    for url, name in ((runs_url, "mlflow-ui-sweep-runs.png"),
+                      (ui_link(mlflow_server, experiment_id), "mlflow-ui-headline.png"),
+                      (f"{mlflow_server}/#/models/{NAME}", "mlflow-ui-model.png"),
                       (models_url, "mlflow-ui-logged-models.png")):
         render(chromium, url, tmp_path / "profile", screenshot=ARTIFACTS / name)
         assert (ARTIFACTS / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
