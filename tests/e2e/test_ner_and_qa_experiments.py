@@ -171,32 +171,61 @@ def assert_tags_raw_text(store: str, name: str, labels: list[str], validation: l
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("use_case, arch", [("ner", "BertForTokenClassification"),
-                                            ("qa", "BertForQuestionAnswering")])
-def test_the_packaged_minilm_is_the_default_model(store: str, tmp_path: Path, use_case: str, arch: str) -> None:
-    """No --model and no hub: both use cases fine-tune, prune, quantize, export, benchmark and
-    register the packaged MiniLM (one short epoch on a little generated data, in batches of 4 so that
-    the QAT phase, its last third, trains; the tests below check the rest of the flow with a 2-layer
-    BERT, which is several times faster)."""
-    data = write_conll(tmp_path / "conll", 40) if use_case == "ner" else write_flat_qa(tmp_path / "qa.jsonl", 24)
+def test_ner_defaults_to_the_packaged_minilm_end_to_end(store: str, tmp_path: Path) -> None:
+    """No --model and no hub: NER fine-tunes, prunes, quantizes, exports, benchmarks and registers the
+    packaged MiniLM (one short epoch on a little generated data, in batches of 4 so that the QAT phase, its
+    last third, trains; the tests below check the rest of the flow with a 2-layer BERT, several times faster)."""
+    data = write_conll(tmp_path / "conll", 40)
     summary_path = tmp_path / "summary.json"
-    assert main(["training-aware", "--use-case", use_case, "--data", str(data),
-                 "--max-seq-length", "32" if use_case == "ner" else "64", "--epochs", "1", "--batch-size", "4",
-                 "--benchmark-batch-size", "2", "--benchmark-iterations", "3",
+    assert main(["training-aware", "--use-case", "ner", "--data", str(data), "--max-seq-length", "32",
+                 "--epochs", "1", "--batch-size", "4", "--benchmark-batch-size", "2", "--benchmark-iterations", "3",
                  "--benchmark-rounds", "3", "--no-int8-reference", "--tracking-uri", store,
                  "--working-dir", str(tmp_path), "--summary-json", str(summary_path),
-                 "--registered-model-name", f"minilm-{use_case}"]) == 0
+                 "--registered-model-name", "minilm-ner"]) == 0
     summary = json.loads(summary_path.read_text())
     parent, children = family(store, summary["parent_run_id"])
     assert parent.info.status == "FINISHED" and set(children) == {"dense", "sparse"}
     params, metrics = parent.data.params, parent.data.metrics
-    assert params["model.source"].startswith("packaged MiniLM") and params["model.arch"] == arch
+    assert params["model.source"].startswith("packaged MiniLM") and params["model.arch"] == "BertForTokenClassification"
     assert params["model.pretrained"] == "True"
     assert abs(metrics["sparse.sparsity.pruned_layers"] - 0.7) <= 0.01
     assert metrics["sparse.deepsparse.bs1.fraction_of_supported_ops"] == 1.0
     assert "sparse.onnx.f1" in metrics and "speedup.deepsparse.bs1" in metrics
     assert summary["quantized"] is True, "an INT8 file: the QAT phase saw optimizer steps"
     assert [str(v.version) for v in registered_versions(store)] == ["1"]
+
+
+@pytest.mark.e2e
+def test_qa_defaults_to_the_packaged_minilm_offline_qat_ready_and_exportable(tmp_path: Path) -> None:
+    """QA's default model is the same packaged MiniLM with a start/end head: loaded offline, QAT-ready, and
+    through the project's exporter to the two logits the QA flow (tested above with a 2-layer BERT) reads."""
+    import os
+
+    import onnxruntime as ort
+    import torch
+
+    from sparsify_mlflow import usecases
+    from sparsify_mlflow.export import export_onnx
+    from sparsify_mlflow.usecases.nlp.transformers_models import load_tokenizer
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    case = usecases.resolve("qa")
+    model, facts = case.load_model(case.default_model, [], True)
+    assert facts["source"].startswith("packaged MiniLM") and facts["arch"] == "BertForQuestionAnswering"
+    assert any(type(m).__name__ == "QATMatMul" for m in model.modules())  # sparseml's BERT modification
+    assert case.pruning_scope(model).prune, "the encoder's linears are pruned"
+    batch = load_tokenizer(case.default_model, 64)(["who?"], ["Ada wrote it."], padding="max_length",
+                                                   max_length=64, return_tensors="pt")
+    inputs = tuple(batch[k] for k in ("input_ids", "attention_mask", "token_type_ids"))
+    with torch.no_grad():
+        start, end = model.eval()(*inputs)[:2]
+    exported = export_onnx(model, inputs, tmp_path, input_names=["input_ids", "attention_mask", "token_type_ids"],
+                           output_names=list(case.output_names))
+    session = ort.InferenceSession(str(exported.path))
+    onnx_start, onnx_end = session.run(None, {k: v.numpy() for k, v in zip(
+        ["input_ids", "attention_mask", "token_type_ids"], inputs)})
+    np.testing.assert_allclose(onnx_start, start.numpy(), atol=1e-4)
+    np.testing.assert_allclose(onnx_end, end.numpy(), atol=1e-4)
 
 
 @pytest.mark.e2e
