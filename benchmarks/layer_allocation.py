@@ -112,7 +112,7 @@ def main() -> int:
         table.append(entry)
     reliability = session.reliability()
     print("per-layer analysis (DeepSparse, batch 1) ...", flush=True)
-    layers = {label: layer_timings(files[label], rows, 1) for label in ("int8-only", *builds)}
+    layers = layer_timings({label: files[label] for label in ("int8-only", *builds)}, rows, 1)
 
     cpu = cpu_info()
     machine = f"{cpu['model']}, {cpu['cores']} cores, ISA {cpu['isa']}{' + VNNI' if cpu['vnni'] else ''}"

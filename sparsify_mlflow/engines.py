@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -213,10 +213,17 @@ def _has_amx() -> bool:
     return "amx_int8" in _proc_cpuinfo_first().get("flags", "").split()
 
 
-_PROBE_SCRIPT = """
+# Every DeepSparse child starts so: no analytics, and no torch. `import deepsparse` pulls torch in for its
+# TorchScript benchmark (1.2 of a child's 4.8 s on a 2-core Xeon); compiling and per-layer analysis never use it.
+_CHILD_PRELUDE = """
 import os, sys
 os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+sys.modules["torch"] = None
 import deepsparse
+"""
+
+
+_PROBE_SCRIPT = _CHILD_PRELUDE + """
 path, cores = sys.argv[1], int(sys.argv[2])
 for bs in map(int, sys.argv[3:]):
     deepsparse.compile_model(path, batch_size=bs, num_cores=cores)
@@ -321,53 +328,56 @@ def _openvino_compiles(path: Path, num_cores: int | None) -> str | None:
     return _OPENVINO_CHECKED[key]
 
 
-_LAYERS_SCRIPT = """
-import json, os, sys
-os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
+_LAYERS_SCRIPT = _CHILD_PRELUDE + """
+import json
 import numpy as np
-import deepsparse
-path, rows, bs, cores = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rows, bs, cores, paths = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 data = np.load(rows)
 inputs = [data[k][:bs] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))]
-report = deepsparse.model_debug_analysis(path, inputs, batch_size=bs, num_cores=cores, num_iterations=20,
-                                         num_warmup_iterations=5)
-layers = [{"layer": i, "name": l["name"], "kind": l["name"].rstrip("_0123456789").split("-")[0].rstrip("_"),
-           "canonical_name": l["canonical_name"], "ms": l["average_run_time_in_ms"],
-           "kernel_sparsity": l["kernel_sparsity"], "kernel": l.get("kernel_dims") or {},
-           "teraflops_per_second": l.get("average_teraflops_per_second")}
-          for i, l in enumerate(report["layer_info"])]
-print("LAYERS " + json.dumps({"total_ms": report["average_total_time"], "layers": layers}))
+for path in paths:
+    report = deepsparse.model_debug_analysis(path, inputs, batch_size=bs, num_cores=cores, num_iterations=20,
+                                             num_warmup_iterations=5)
+    layers = [{"layer": i, "name": l["name"], "kind": l["name"].rstrip("_0123456789").split("-")[0].rstrip("_"),
+               "canonical_name": l["canonical_name"], "ms": l["average_run_time_in_ms"],
+               "kernel_sparsity": l["kernel_sparsity"], "kernel": l.get("kernel_dims") or {},
+               "teraflops_per_second": l.get("average_teraflops_per_second")}
+              for i, l in enumerate(report["layer_info"])]
+    print("LAYERS " + json.dumps({"total_ms": report["average_total_time"], "layers": layers}), flush=True)
 """
 
 
-def layer_timings(path: Path, rows: list[np.ndarray], batch_size: int, num_cores: int | None = None,
-                  timeout: float = 900.0) -> dict[str, Any] | None:
-    """DeepSparse's own per-layer analysis of `path` (`deepsparse.model_debug_analysis`) at `batch_size`:
-    {total_ms, layers: [{name, kind, ms, kernel_sparsity, ...}]} in execution order; None when it
-    could not run. In a child process, as compiling can abort the process (probe_deepsparse)."""
+def layer_timings(paths: Mapping[str, Path], rows: list[np.ndarray], batch_size: int, num_cores: int | None = None,
+                  timeout: float = 900.0) -> dict[str, dict[str, Any]]:
+    """DeepSparse's own per-layer analysis (`deepsparse.model_debug_analysis`) of each file at `batch_size`:
+    {label: {total_ms, layers: [{name, kind, ms, kernel_sparsity, ...}]}} in execution order, leaving out
+    the files it could not analyse. In one child process for all files, as compiling can abort the process
+    (probe_deepsparse); a file after one that did is analysed in a new child."""
     if not deepsparse_status()[0]:
-        return None
+        return {}
     cores = int(num_cores) if num_cores else _physical_cores()
+    reports: dict[str, dict[str, Any]] = {}
+    remaining = list(paths.items())
     with tempfile.TemporaryDirectory(prefix="sparsify-layers-") as tmp:
         arrays = Path(tmp) / "rows.npz"
         np.savez(arrays, **{f"input_{i}": np.repeat(a[:1], batch_size, axis=0) for i, a in enumerate(rows)})
-        try:
-            proc = subprocess.run([sys.executable, "-c", _LAYERS_SCRIPT, str(path), str(arrays), str(batch_size),
-                                   str(cores)], capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("LAYERS ")), None)
-    if line is None:
-        _LOG.warning("DeepSparse's per-layer analysis of %s failed: %s", path.name, _crash_reason(
-            proc.stdout + proc.stderr, proc.returncode))
-        return None
-    return json.loads(line.removeprefix("LAYERS "))
+        while remaining:
+            try:
+                proc = subprocess.run([sys.executable, "-c", _LAYERS_SCRIPT, str(arrays), str(batch_size), str(cores),
+                                       *(str(path) for _, path in remaining)], capture_output=True, text=True,
+                                      timeout=timeout)
+                output, why = proc.stdout, _crash_reason(proc.stdout + proc.stderr, proc.returncode)
+            except subprocess.TimeoutExpired as exc:
+                output, why = exc.stdout or "", f"it took over {timeout:.0f} s"
+                output = output.decode() if isinstance(output, bytes) else output
+            done = [json.loads(ln.removeprefix("LAYERS ")) for ln in output.splitlines() if ln.startswith("LAYERS ")]
+            reports.update({label: report for (label, _), report in zip(remaining, done)})
+            remaining = remaining[len(done):]
+            if remaining:  # the first one not analysed is the one that failed
+                _LOG.warning("DeepSparse's per-layer analysis of %s failed: %s", remaining.pop(0)[1].name, why)
+    return reports
 
 
-_DIAGNOSE_SCRIPT = """
-import os, sys
-os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
-import deepsparse
+_DIAGNOSE_SCRIPT = _CHILD_PRELUDE + """
 deepsparse.compile_model(sys.argv[1], batch_size=1, num_cores=int(sys.argv[2]))
 """
 _NODE_LINE = re.compile(r"^Node (\d+): (\S+)")

@@ -315,8 +315,7 @@ def measure_speed(session: Session, dense: ModelReport, candidates: dict[str, Mo
                             num_cores=cfg.num_cores, notes=notes)
         if cfg.deploy_engine == "deepsparse":  # where the time goes, layer by layer, at batch size 1
             rows = session.use_case.sample_inputs(session.data, 1)
-            speed.layers = {label: report for label, path in files.items()
-                            if (report := layer_timings(path, rows, 1, cfg.num_cores)) is not None}
+            speed.layers = layer_timings(files, rows, 1, cfg.num_cores)
     for label, rep in candidates.items():
         if rep is dense:  # level 0: the dense file is the candidate
             speed.measurements[label] = speed.measurements["dense"]
