@@ -31,7 +31,7 @@ from helpers.data import make_image_folder
 from helpers.mlflow_checks import assert_exported_sparsity
 from sparsify_mlflow import experiment, ui_view
 from sparsify_mlflow.cli import main
-from sparsify_mlflow.remote import ui_link
+from sparsify_mlflow.remote import UI_TRAINING_VIEW, ui_link
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("sweep")]
 
@@ -298,13 +298,15 @@ def test_mlflow_ui_shows_the_runs_and_the_registered_model(sweep: Sweep, mlflow_
     # the link the summary prints for the experiment opens the saved view with the headline metrics as columns
     headline_text = visible_text(render(chromium, ui_link(mlflow_server, experiment_id), tmp_path / "profile"))
     assert ui_view.VIEW_NAME in headline_text, headline_text[:1500]
-    header = headline_text[headline_text.index(" Metrics "):]
-    for column in ("metric", "metric_drop_pt", "sparsity", "size_mb", "speedup_bs1", "speedup_vs_best_dense_bs1"):
-        assert f" {column} " in header[:600], f"column {column!r} not shown: {header[:600]}"
+    assert " level-0.5 " in headline_text, f"the sweep's level runs are folded away: {headline_text[:1500]}"
+    header = headline_text[headline_text.index(" Metrics "):headline_text.index(" Hide run ")]
+    for column in ui_view.headline_columns(4):  # the sweep benchmarks at batch 4; its level runs log each
+        name = column.removeprefix("metrics.`").removesuffix("`")
+        assert f" {name} " in f"{header} ", f"column {name!r} not shown: {header}"
 
     dataset = sweep.client.get_run(sweep.summary["parent_run_id"]).inputs.dataset_inputs[0].dataset
     assert f"{dataset.name} ({dataset.digest})" in text, f"the runs list shows no dataset: {text[:1500]}"
-    models_url = f"{mlflow_server}/#/experiments/{experiment_id}/models"
+    models_url = f"{mlflow_server}/#/experiments/{experiment_id}/models?{UI_TRAINING_VIEW}"
     models_text = visible_text(render(chromium, models_url, tmp_path / "profile"))
     logged = {m.name for m in sweep.client.search_logged_models(experiment_ids=[experiment_id])}
     assert any(n.endswith("-dense") for n in logged) and any("-L0_5-s" in n for n in logged), logged

@@ -58,14 +58,16 @@ def test_the_headline_view_names_the_headline_metrics_and_grows_with_new_batch_s
     experiment = client.create_experiment("views")
     ui_view.ensure_headline_view(experiment, 16, client)
     columns = _columns(client, experiment)
-    assert columns[0] == "attributes.`Dataset`"
-    assert {"metrics.`metric_drop_pt`", "metrics.`speedup_bs1`", "metrics.`speedup_bs16`", "metrics.`sparsity`",
-            "metrics.`size_mb`", "metrics.`speedup_vs_int8_only_bs16`"} <= set(columns)
+    assert columns == ["metrics.`metric`", "metrics.`metric_drop_pt`", "metrics.`sparsity`", "metrics.`speedup_bs1`",
+                       "metrics.`speedup_bs16`", "metrics.`speedup_vs_best_dense_bs1`",
+                       "metrics.`speedup_vs_int8_only_bs1`"]
     ui_view.ensure_headline_view(experiment, 16, client)
     assert _columns(client, experiment) == columns  # idempotent
     ui_view.ensure_headline_view(experiment, 4, client)
     grown = _columns(client, experiment)
     assert grown[:len(columns)] == columns and "metrics.`speedup_bs4`" in grown
+    state = json.loads(json.loads(client.get_experiment(experiment).tags[ui_view.VIEW_TAG])["state"])
+    assert state["orderByKey"] == "metrics.`speedup_bs1`" and state["orderByAsc"] is False  # nested runs flat
     client.set_experiment_tag(experiment, ui_view.VIEW_TAG, "not json")  # a view this code cannot read
     ui_view.ensure_headline_view(experiment, 1, client)
     assert "metrics.`speedup_bs16`" not in _columns(client, experiment)
