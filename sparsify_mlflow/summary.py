@@ -98,9 +98,18 @@ def int8_only_line(result: ExperimentResult) -> str | None:
             f"({points(100 * (result.dense.onnx_metrics.main - main.main))} vs dense)")
     if not gains:
         return f"{head}; not timed beside the sparse model"
-    at = " and ".join(f"{g:.2f}x at bs{batch}" for batch, g in gains.items())
-    verdict = "pruning adds" if min(gains.values()) >= 1 else "INT8 alone is faster here: pruning gives"
-    return f"{head}. {verdict} {at} over it, at {points(comparison['main_drop_vs_int8_only'])}."
+    def at(batches: dict[int, float]) -> str:
+        return " and ".join(f"{g:.2f}x at bs{batch}" for batch, g in batches.items())
+
+    faster = {batch: g for batch, g in gains.items() if g >= 1}
+    slower = {batch: g for batch, g in gains.items() if g < 1}
+    if not slower:
+        verdict = f"pruning adds {at(gains)} over it"
+    elif not faster:
+        verdict = f"INT8 alone is faster here: pruning gives {at(gains)} over it"
+    else:
+        verdict = f"pruning pays over it at one batch size, not the other: {at(faster)}, but {at(slower)}"
+    return f"{head}. {verdict}, at {points(comparison['main_drop_vs_int8_only'])}."
 
 
 def points(drop: float) -> str:

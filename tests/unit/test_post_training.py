@@ -98,7 +98,9 @@ def test_the_summary_line_says_what_pruning_added_or_that_int8_alone_wins() -> N
     gained = int8_only_line(_result(Int8Only(_report(0.79)), {1: 1.7, 16: 2.1}))
     assert "accuracy 0.7900 (-1.00 pt vs dense)" in gained
     assert "pruning adds 1.70x at bs1 and 2.10x at bs16 over it, at -0.40 pt" in gained
-    lost = int8_only_line(_result(Int8Only(_report(0.79)), {1: 0.5, 16: 1.2}))
-    assert "INT8 alone is faster here: pruning gives 0.50x at bs1" in lost
+    lost = int8_only_line(_result(Int8Only(_report(0.79)), {1: 0.5, 16: 0.9}))
+    assert "INT8 alone is faster here: pruning gives 0.50x at bs1 and 0.90x at bs16 over it" in lost
+    mixed = int8_only_line(_result(Int8Only(_report(0.79)), {1: 0.5, 16: 1.2}))
+    assert "pruning pays over it at one batch size, not the other: 1.20x at bs16, but 0.50x at bs1, at" in mixed
     failed = int8_only_line(_result(Int8Only(_report(0.1), "accuracy 0.1000 vs ..."), {}))
     assert "failed, so nothing is compared with it: accuracy 0.1000" in failed
