@@ -27,8 +27,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-DEFAULT_MIN_SCORE = 0.3  # what a person wants drawn; validation's mAP uses every box above 0.01
-
 
 class DenseImageModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
@@ -49,7 +47,9 @@ class DenseImageModel(mlflow.pyfunc.PythonModel):
         images = [load_image(item) for item in image_items(model_input)]
         outputs = self.engine.outputs([np.stack([self.preprocess(image) for image in images])])
         if self.task == "object-detection":
-            min_score = float((params or {}).get("min_score", DEFAULT_MIN_SCORE))
+            from postprocess import SERVING_MIN_SCORE
+
+            min_score = float((params or {}).get("min_score", SERVING_MIN_SCORE))
             return self.boxes(outputs, [image.size for image in images], min_score)
         return self.masks(outputs[0], [image.size for image in images])
 

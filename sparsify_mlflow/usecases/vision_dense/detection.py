@@ -95,7 +95,7 @@ class Detection(DenseUseCase):
     def serving_params(self) -> Any:
         from mlflow.types import ParamSchema, ParamSpec
 
-        return ParamSchema([ParamSpec("min_score", "double", 0.3)])
+        return ParamSchema([ParamSpec("min_score", "double", postprocess.SERVING_MIN_SCORE)])
 
     def prediction_figures(self, predictors: dict[str, Predictor], data: DataBundle) -> dict[str, Any]:
         """Validation images with ground truth and each model's boxes (score >= 0.3) drawn."""

@@ -14,6 +14,7 @@ MAX_DETECTIONS = 100
 SCORE_THRESHOLD = 0.01   # low on purpose: mAP integrates over the whole precision/recall curve
 NMS_IOU = 0.5
 MAX_LOG_SIZE = 6.0       # exp(6) cells: larger than any box on the grid, guards exp overflow
+SERVING_MIN_SCORE = 0.3  # the boxes the registered model answers with by default: what a person wants drawn
 
 
 def decode_centernet(heat_logits: np.ndarray, box_map: np.ndarray, image_size: int,
