@@ -262,11 +262,12 @@ def mlflow_server(sweep: Sweep, tmp_path_factory: pytest.TempPathFactory):
             proc.wait(timeout=30)
 
 
-def render(chromium: str, url: str, profile: Path, screenshot: Path | None = None) -> str:
-    """The page as Chromium renders it after the app's scripts ran (virtual time: 15 s of it)."""
+def render(chromium: str, url: str, profile: Path, screenshot: Path | None = None, width: int = 1600) -> str:
+    """The page as Chromium renders it after the app's scripts ran (virtual time: 15 s of it). The UI's
+    tables render only the columns in view: a wider window shows more of them."""
     command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-               f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1600,1000"]
+               f"--user-data-dir={profile}", "--virtual-time-budget=15000", f"--window-size={width},1000"]
     command += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     proc = subprocess.run([*command, url], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -307,7 +308,10 @@ def test_mlflow_ui_shows_the_runs_and_the_registered_model(sweep: Sweep, mlflow_
     dataset = sweep.client.get_run(sweep.summary["parent_run_id"]).inputs.dataset_inputs[0].dataset
     assert f"{dataset.name} ({dataset.digest})" in text, f"the runs list shows no dataset: {text[:1500]}"
     models_url = f"{mlflow_server}/#/experiments/{experiment_id}/models?{UI_TRAINING_VIEW}"
-    models_text = visible_text(render(chromium, models_url, tmp_path / "profile"))
+    # the linked metrics are columns right of the models' attributes (3000 px: past them, no scrolling), in the
+    # order they were first logged: the evaluation's come first, the headline's further right
+    models_text = visible_text(render(chromium, models_url, tmp_path / "profile", width=3000))
+    assert " Dataset main accuracy " in models_text, f"no metric columns on the Models page: {models_text[:1500]}"
     logged = {m.name for m in sweep.client.search_logged_models(experiment_ids=[experiment_id])}
     assert any(n.endswith("-dense") for n in logged) and any("-L0_5-s" in n for n in logged), logged
     for name in logged:  # the dense baseline and one model per level, by the naming scheme
@@ -326,10 +330,10 @@ def test_mlflow_ui_shows_the_runs_and_the_registered_model(sweep: Sweep, mlflow_
         assert f"@ {alias}" in model_text or f"@{alias}" in model_text, f"alias {alias} not shown: {model_text[:1500]}"
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for url, name in ((runs_url, "mlflow-ui-sweep-runs.png"),
-                      (ui_link(mlflow_server, experiment_id), "mlflow-ui-headline.png"),
-                      (f"{mlflow_server}/#/models/{NAME}", "mlflow-ui-model.png"),
-                      (models_url, "mlflow-ui-logged-models.png")):
-        render(chromium, url, tmp_path / "profile", screenshot=ARTIFACTS / name)
+    for url, name, width in ((runs_url, "mlflow-ui-sweep-runs.png", 1600),
+                             (ui_link(mlflow_server, experiment_id), "mlflow-ui-headline.png", 1600),
+                             (f"{mlflow_server}/#/models/{NAME}", "mlflow-ui-model.png", 1600),
+                             (models_url, "mlflow-ui-logged-models.png", 3000)):
+        render(chromium, url, tmp_path / "profile", screenshot=ARTIFACTS / name, width=width)
         assert (ARTIFACTS / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         print(f"screenshot: {ARTIFACTS / name}")
