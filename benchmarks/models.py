@@ -114,7 +114,7 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
     model = build_model(spec)
     scope = pruning_scope(spec, model)
     args = RecipeArgs(layer_allocation=None if allocation == "uniform" else allocation)
-    if args.allocates_layers:
+    if args.allocates_layers():
         scope = with_layer_costs(model, scope, sample_rows(spec, 1, seed=2))
     plan = plan_recipe(level, spec.plan_epochs, scope, LR, target=target, args=args)
     recipe = recipe_yaml(plan)

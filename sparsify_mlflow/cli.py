@@ -139,12 +139,13 @@ def recipe(num_classes: int, **options: Any) -> None:
     distillation = Distillation() if case.default_distill else None  # as training-aware does
     built, _ = case.create_model(cfg, num_classes, pretrained=False)
     scope = case.pruning_scope(built)
-    if cfg.recipe_args.allocates_layers:  # it weighs each layer's compute on a row of the data
+    if cfg.recipe_args.allocates_layers(case.default_layer_allocation):  # weighs each layer on a data row
         from sparsify_mlflow.training import with_layer_costs
 
         scope = with_layer_costs(built, scope, case.sample_inputs(case.load_data(cfg), 1))
     click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, scope, cfg.lr,
-                                       distillation=distillation, args=cfg.recipe_args, target=cfg.target)), nl=False)
+                                       distillation=distillation, args=cfg.recipe_args, target=cfg.target,
+                                       default_allocation=case.default_layer_allocation)), nl=False)
 
 
 @cli.command("use-cases")

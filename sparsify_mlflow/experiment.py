@@ -147,7 +147,7 @@ def prepare(cfg: ExperimentConfig, use_case: UseCase, experiment_id: str, tracki
     model = use_case.build_model(cfg, data)
     tracking.log_params(data.info | {"data.fingerprint": data.fingerprint, "data.source": data.source})
     scope = use_case.pruning_scope(model)
-    if cfg.recipe_args.allocates_layers:
+    if cfg.recipe_args.allocates_layers(use_case.default_layer_allocation):
         scope = with_layer_costs(model, scope, use_case.sample_inputs(data, 1))
     device = resolve_device(cfg.device)
     print(f"Training on {device} (--device {cfg.device}); benchmarks run on the CPU.")
@@ -166,7 +166,7 @@ def plan_level(session: Session, cfg: ExperimentConfig) -> tuple[RecipePlan, str
     distillation = Distillation(cfg.distill_hardness, cfg.distill_temperature) if cfg.distill else None
     level = DEFAULT_LEVEL if cfg.optim_level is None else cfg.optim_level
     plan = plan_recipe(level, cfg.epochs, session.scope, cfg.lr, distillation=distillation, args=cfg.recipe_args,
-                       target=cfg.target)
+                       target=cfg.target, default_allocation=session.use_case.default_layer_allocation)
     recipe = cfg.recipe.read_text() if cfg.recipe else recipe_yaml(plan)
     facts = recipe_facts(recipe, f"--recipe {cfg.recipe}" if cfg.recipe else "the derived recipe",
                          cfg.recipe.name if cfg.recipe else "the derived recipe")

@@ -197,10 +197,13 @@ class RecipeArgs:
             raise ValueError(f"break_even_sparsity must be in [{MIN_SPARSITY}, {MAX_SPARSITY}], "
                              f"got {self.break_even_sparsity!r}")
 
-    @property
-    def allocates_layers(self) -> bool:
+    def allocation(self, use_case_default: str = "uniform") -> str:
+        """The layer allocation a run uses: the one given here, else the use case's measured default."""
+        return self.layer_allocation or use_case_default
+
+    def allocates_layers(self, use_case_default: str = "uniform") -> bool:
         """A per-layer allocation, which needs each layer's size and compute (PruningScope.weights/macs)."""
-        return self.layer_allocation not in (None, "uniform")
+        return self.allocation(use_case_default) != "uniform"
 
     def check_fits(self, epochs: int) -> None:
         """The QAT phase and the pruning ramp must fit into `epochs`, one after the other."""
@@ -284,6 +287,7 @@ class RecipePlan:
     mask_type: str | None = None        # the pruning mask (None: nothing is pruned)
     mask_reason: str = ""               # why that mask (--target, auto's measurements, --recipe-args)
     layer_allocation: str = "uniform"   # how the sparsity is spread over the layers (LAYER_ALLOCATIONS)
+    allocation_reason: str = ""         # why that allocation (--recipe-args, the use case's default)
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # per pruned parameter, when not uniform
 
     @property
@@ -342,15 +346,28 @@ def choose_mask(target: str, quantize: bool, args: RecipeArgs) -> tuple[str, str
     return mask, f"{mask} (--target {target}, as sparseml's recipe template writes for it)"
 
 
+def choose_allocation(args: RecipeArgs, use_case_default: str, mask: str) -> tuple[str, str]:
+    """(layer allocation, why): --recipe-args layer_allocation wins; the use case's default applies to
+    the masks it was measured with (not 2:4, whose sparsity is fixed per layer)."""
+    if args.layer_allocation is not None:
+        return args.layer_allocation, f"{args.layer_allocation} (--recipe-args layer_allocation)"
+    if use_case_default == "uniform" or mask == "2:4":
+        return "uniform", "uniform (every pruned layer at the level's sparsity)"
+    return use_case_default, (f"{use_case_default} (the use case's default: DeepSparse's sparse INT8 kernels beat "
+                              f"its dense ones only past ~{BREAK_EVEN_SPARSITY:g} sparsity)")
+
+
 def plan_recipe(
     optim_level: float, epochs: int, scope: PruningScope, lr: float, final_lr_ratio: float = 0.01,
     distillation: Distillation | None = None, args: RecipeArgs | None = None, target: str = "auto",
+    default_allocation: str = "uniform",
 ) -> RecipePlan:
     """Decide sparsity, mask, quantization and schedule for one run; raises ValueError on bad input.
 
     `distillation` adds a DistillationModifier (the trainer must pass the teacher); it is dropped
     at level 0, which trains the dense baseline itself. `args` overrides derived values; `target`
     (--target) chooses the pruning mask. 2:4 masks (tensorrt) are 50% sparse by construction.
+    `default_allocation` is the use case's layer allocation where `args` names none.
     """
     args = args or RecipeArgs()
     level = validate_level(optim_level)
@@ -371,12 +388,12 @@ def plan_recipe(
     mask, why = choose_mask(target, quantizes(level), args)
     if mask == "2:4" and sparsity > 0.0:
         sparsity = 0.5  # two zeros in every four weights: the only sparsity a 2:4 mask has
-    allocation = args.layer_allocation or "uniform"
-    if args.allocates_layers and mask == "2:4":
+    allocation, allocation_why = choose_allocation(args, default_allocation, mask)
+    if allocation != "uniform" and mask == "2:4":
         raise ValueError(f"layer_allocation {allocation} needs a mask whose sparsity can vary (block4 or "
                          f"unstructured); a 2:4 mask is 50% in every layer")
     per_layer = {}
-    if args.allocates_layers and sparsity > 0.0:
+    if allocation != "uniform" and sparsity > 0.0:
         per_layer = allocate_layers({n: scope.weights.get(n, 0) for n in scope.prune}, scope.macs, sparsity,
                                     allocation, args.break_even_sparsity or BREAK_EVEN_SPARSITY)
     init_lr = float(args.init_lr or lr)
@@ -395,6 +412,7 @@ def plan_recipe(
         mask_type=mask if sparsity > 0.0 else None,
         mask_reason=why if sparsity > 0.0 else "",
         layer_allocation=allocation,
+        allocation_reason=allocation_why if sparsity > 0.0 else "",
         layer_sparsity=per_layer,
     )
 
@@ -441,7 +459,7 @@ def _header(plan: RecipePlan) -> list[str]:
     if plan.layer_sparsity:
         dense = [n for n in sc.prune if plan.layer_sparsity[n] == 0]
         pruned = {v for v in plan.layer_sparsity.values() if v > 0}
-        lines.append(f"# layer allocation {plan.layer_allocation}: {len(sc.prune) - len(dense)} layers pruned to "
+        lines.append(f"# layer allocation {plan.allocation_reason}: {len(sc.prune) - len(dense)} layers pruned to "
                      f"{', '.join(f'{v:g}' for v in sorted(pruned))}, {len(dense)} left dense, "
                      f"{plan.target_sparsity} over the scope")
         lines += [f"#   dense by the allocation: {name}" for name in dense]

@@ -115,6 +115,9 @@ class UseCase:
     default_pretrained: ClassVar[bool | None] = None  # None: pretrained weights only for a model the user names
     default_distill: ClassVar[bool] = False       # the dense baseline teaches the sparse model unless --teacher off
     distills: ClassVar[bool] = False              # implements distillation_step and load_teacher
+    # how a level's sparsity is spread over the layers unless --recipe-args layer_allocation says
+    # (levels.LAYER_ALLOCATIONS); a per-layer one only where it was measured faster for the use case
+    default_layer_allocation: ClassVar[str] = "uniform"
     options: ClassVar[type] = NoOptions           # the use case's own options: a dataclass of options.option()s
 
     def __init__(self, name: str) -> None:

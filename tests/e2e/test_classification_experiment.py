@@ -148,10 +148,10 @@ def test_cli_end_to_end_then_a_second_level_reuses_the_baseline(image_folder: Pa
     registered = Path(mlflow.artifacts.download_artifacts("models:/tiny@candidate", dst_path=str(tmp_path / "reg")))
     assert (registered / "artifacts" / "model.qdq.onnx").is_file(), "the version carries the QDQ twin"
 
-    second_path = tmp_path / "second.json"  # and each layer dense or past the break-even sparsity
+    second_path = tmp_path / "second.json"  # by default each layer dense or past the break-even sparsity
     run_cli("training-aware", "--data", str(image_folder), "--optim-level", "0.3", "--tracking-uri", store,
             "--working-dir", str(tmp_path), "--summary-json", str(second_path), "--registered-model-name", "tiny",
-            "--recipe-args", '{"layer_allocation": "by_compute"}', *TINY)
+            *TINY)
     second = json.loads(second_path.read_text())
     parent, children = family(store, second["parent_run_id"])
     assert children["dense"].data.tags["sparsify.reused_from_run"] == summary["dense_run_id"]

@@ -368,6 +368,22 @@ def test_an_allocated_recipe_prunes_only_the_chosen_layers_and_says_which_stay_d
         plan_recipe(0.5, 10, scope, 0.01, target="tensorrt", args=RecipeArgs(layer_allocation="by_size"))
 
 
+def test_the_use_case_default_allocation_applies_unless_the_recipe_args_or_a_2_4_mask_say_otherwise():
+    scope = PruningScope(prune=tuple(WEIGHTS), keep_dense={}, weights=WEIGHTS, macs=MACS)
+    plan = plan_recipe(0.5, 10, scope, 0.01, default_allocation="by_compute")
+    assert plan.layer_allocation == "by_compute" and "the use case's default" in plan.allocation_reason
+    assert set(plan.layer_sparsity.values()) - {0} and "layer allocation by_compute (the use case's default" \
+        in recipe_yaml(plan)
+    given = plan_recipe(0.5, 10, scope, 0.01, default_allocation="by_compute", args=RecipeArgs(layer_allocation="uniform"))
+    assert given.layer_allocation == "uniform" and given.allocation_reason == "uniform (--recipe-args layer_allocation)"
+    assert not given.layer_sparsity
+    two_four = plan_recipe(0.5, 10, scope, 0.01, default_allocation="by_compute", target="tensorrt")
+    assert two_four.layer_allocation == "uniform" and two_four.mask_type == "2:4"
+    assert plan_recipe(0.5, 10, scope, 0.01).layer_allocation == "uniform"
+    assert RecipeArgs().allocates_layers("by_compute") and not RecipeArgs(layer_allocation="uniform").allocates_layers(
+        "by_compute")
+
+
 def test_layer_costs_count_each_weight_once_per_output_pixel_or_token():
     torch = pytest.importorskip("torch")
     from torch import nn
