@@ -67,5 +67,9 @@ def test_recipe_command_prints_the_derived_recipe(capsys) -> None:
     assert main(["recipe", "--use-case", "image-classification", "--optim-level", "0.65", "--epochs", "6"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# Sparsify-style recipe")
-    assert "final_sparsity: 0.775" in out and "!QuantizationModifier" in out
-    assert "conv1.weight: stem conv" in out and "fc.weight: classifier" in out
+    assert "!QuantizationModifier" in out and "conv1.weight: stem conv" in out and "fc.weight: classifier" in out
+    # image classification spreads the 77.5% by_compute: each pruned layer past the break-even sparsity
+    assert "# layer allocation by_compute (the use case's default" in out and "final_sparsity: 0.775" not in out
+    assert main(["recipe", "--use-case", "image-classification", "--optim-level", "0.65", "--epochs", "6",
+                 "--recipe-args", '{"layer_allocation": "uniform"}']) == 0
+    assert "final_sparsity: 0.775" in capsys.readouterr().out
