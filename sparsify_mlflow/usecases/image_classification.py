@@ -45,11 +45,12 @@ class ImageClassification(UseCase):
     default_lr = 0.05
     main_metric = "accuracy"
     eval_metrics = CLASSIFICATION_EVAL_METRICS
-    # A CNN layer pruned to 70% runs slower on DeepSparse's sparse INT8 kernels than dense INT8; at ~91%
-    # faster. by_compute keeps the level's sparsity with the compute-heavy layers at ~91% and a few late
-    # ones dense. Level 0.5, 1x4 blocks, vs dense FP32 on DeepSparse, bs1 / bs16 (docs/optim-levels.md):
-    # ResNet-18 at 40 px on AVX2 (AMD EPYC) uniform 0.73x / 2.63x, by_compute 4.25x / 4.56x; ResNet-50
-    # at 224 px on AVX-512 VNNI (Intel Xeon) vs INT8 alone: uniform 0.86x / 1.82x, by_compute 1.43x / 1.87x.
+    # A CNN layer pruned to 70% runs slower on DeepSparse's sparse INT8 kernels than dense INT8; past ~90%
+    # faster. by_compute keeps the level's sparsity with the compute-heavy layers past 90% and a few late
+    # ones dense. Level 0.5, 1x4 blocks, vs INT8 alone on its fastest engine, bs1 / bs16
+    # (benchmarks/layer_allocation.py, docs/optim-levels.md): AMD EPYC AVX2, ResNet-18 at 40 px uniform
+    # 0.28x / 0.92x, by_compute 1.72x / 1.68x; ResNet-50 uniform 0.92x / 1.50x, by_compute 1.52x / 2.17x;
+    # Intel Xeon AVX-512 VNNI, ResNet-50 uniform 0.86x / 1.82x, by_compute 1.43x / 1.87x.
     default_layer_allocation = "by_compute"
 
     def load_data(self, cfg: ExperimentConfig) -> DataBundle:
