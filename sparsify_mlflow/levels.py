@@ -199,13 +199,10 @@ class RecipeArgs:
             raise ValueError(f"break_even_sparsity must be in [{MIN_SPARSITY}, {MAX_SPARSITY}], "
                              f"got {self.break_even_sparsity!r}")
 
-    def allocation(self, use_case_default: str = "uniform") -> str:
-        """The layer allocation a run uses: the one given here, else the use case's measured default."""
-        return self.layer_allocation or use_case_default
-
     def allocates_layers(self, use_case_default: str = "uniform") -> bool:
-        """A per-layer allocation, which needs each layer's size and compute (PruningScope.weights/macs)."""
-        return self.allocation(use_case_default) != "uniform"
+        """A per-layer allocation (the one given here, else the use case's default), which needs each
+        layer's size and compute (PruningScope.weights/macs)."""
+        return (self.layer_allocation or use_case_default) != "uniform"
 
     def check_fits(self, epochs: int) -> None:
         """The QAT phase and the pruning ramp must fit into `epochs`, one after the other."""
