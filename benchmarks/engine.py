@@ -59,7 +59,10 @@ def _build_key(spec: ModelSpec, level: float, target: str) -> str:
     code = "".join((ROOT / p).read_text() for p in (
         "sparsify_mlflow/levels.py", "sparsify_mlflow/export.py", "sparsify_mlflow/post_training.py",
         "sparsify_mlflow/qdq.py", "benchmarks/models.py"))
-    blob = json.dumps({"spec": vars(spec), "level": level, "target": target}, sort_keys=True) + code
+    from benchmarks.models import use_case_allocation
+
+    blob = json.dumps({"spec": vars(spec), "level": level, "target": target,
+                       "allocation": use_case_allocation(spec)}, sort_keys=True) + code
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -268,7 +271,7 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
     for b in builds:
         key = f"deepsparse.{variant(b['level'], b.get('mask_type'))}"
         row: dict[str, Any] = {k: b.get(k) for k in (
-            "level", "target", "mask_type", "target_sparsity", "quantized", "exported_sparsity", "pruned_scope_sparsity",
+            "level", "target", "mask_type", "layer_allocation", "target_sparsity", "quantized", "exported_sparsity", "pruned_scope_sparsity",
             "onnx_bytes", "onnx_gzip_bytes", "recipe_steps", "reused", "built_in_parallel")}
         row["export"] = {k: b.get(k) for k in ("export_seconds", "export_peak_rss_mb", "export_peak_rss_delta_mb",
                                                "export_rss_before_mb", "torch_threads")}
@@ -285,6 +288,7 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
             rounds = _per_round(t["runs"])
             for name, base_key in (("speedup_vs_deepsparse_dense", "deepsparse.L0"),
                                    ("speedup_vs_onnxruntime_dense", "onnxruntime.L0"),
+                                   ("speedup_vs_best_dense", _fastest(timings[bs], "L0")),
                                    ("speedup_vs_int8_only", _fastest(timings[bs], INT8_ONLY))):
                 base = timings[bs].get(base_key)
                 if base is not None:
@@ -309,8 +313,10 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
         "fastest": {f"bs{bs}": _fastest(timings[bs], INT8_ONLY) for bs in st.batch_sizes}}
     openvino_dense = {f"bs{bs}": _timing_entry(timings[bs]["openvino.L0"], bs) for bs in st.batch_sizes
                       if "openvino.L0" in timings[bs]}
+    best_dense = {f"bs{bs}": _fastest(timings[bs], "L0") for bs in st.batch_sizes}  # e.g. "openvino.L0"
     return {"model": spec.key, "kind": spec.kind, "description": spec.describe(), "spec": vars(spec),
-            "levels": levels, "onnxruntime_dense": ort, "openvino_dense": openvino_dense, "int8_only": int8_only}
+            "levels": levels, "onnxruntime_dense": ort, "openvino_dense": openvino_dense, "best_dense": best_dense,
+            "int8_only": int8_only}
 
 
 def _fastest(timings: dict[str, Any], name: str) -> str | None:

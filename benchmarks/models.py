@@ -96,10 +96,17 @@ def _loss(spec: ModelSpec, model, rows: list, labels):
     return model(input_ids=rows[0], attention_mask=rows[1], token_type_ids=rows[2], labels=labels).loss
 
 
+def use_case_allocation(spec: ModelSpec) -> str:
+    """The layer allocation the project's use case for the model writes by default (what users get)."""
+    from sparsify_mlflow.usecases import resolve
+
+    return resolve("cv-classification" if spec.kind == "vision" else "nlp-text_classification").default_layer_allocation
+
+
 def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sampler: Any,
-                target: str = "auto", allocation: str = "uniform") -> dict[str, Any]:
-    """Plan (with `target`'s pruning mask and the `allocation` of sparsity over the layers), train
-    briefly under the recipe, export; return what the report needs about the file."""
+                target: str = "auto", allocation: str | None = None) -> dict[str, Any]:
+    """Plan (with `target`'s pruning mask and the `allocation` of sparsity over the layers, by default
+    the use case's), train briefly under the recipe, export; return what the report needs about the file."""
     import os
 
     import torch
@@ -113,10 +120,11 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(spec)
     scope = pruning_scope(spec, model)
-    args = RecipeArgs(layer_allocation=None if allocation == "uniform" else allocation)
-    if args.allocates_layers():
+    default = use_case_allocation(spec)
+    args = RecipeArgs(layer_allocation=allocation)
+    if args.allocates_layers(default):
         scope = with_layer_costs(model, scope, sample_rows(spec, 1, seed=2))
-    plan = plan_recipe(level, spec.plan_epochs, scope, LR, target=target, args=args)
+    plan = plan_recipe(level, spec.plan_epochs, scope, LR, target=target, args=args, default_allocation=default)
     recipe = recipe_yaml(plan)
     (out_dir / "recipe.yaml").write_text(recipe)
 

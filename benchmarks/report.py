@@ -49,31 +49,35 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
     for model in engine["models"]:
         header = ["engine: level", "sparsity target / exported", "INT8", "supported ops",
                   f"bs{bs_lat} ms", f"bs{bs_lat} best ms", f"bs{bs_tp} items/s",
-                  f"x DS dense bs{bs_lat}", f"x DS dense bs{bs_tp}", f"x ORT dense bs{bs_lat}", f"x ORT dense bs{bs_tp}",
+                  f"x DS dense bs{bs_lat}", f"x DS dense bs{bs_tp}", f"x best dense bs{bs_lat}", f"x best dense bs{bs_tp}",
                   f"x INT8 alone bs{bs_lat}", f"x INT8 alone bs{bs_tp}"]
         rows = []
         ort = model["onnxruntime_dense"]
         rows.append(["ORT: 0", "0 / -", "no", "-", _spread(ort.get(f"bs{bs_lat}", {}).get("latency_ms"), ".1f"),
                      _f(_med(ort.get(f"bs{bs_lat}", {}).get("latency_ms_best")), ".1f"),
-                     _spread(ort.get(f"bs{bs_tp}", {}).get("items_per_second"), ".1f"), "-", "-", "1.00", "1.00",
-                     "-", "-"])
+                     _spread(ort.get(f"bs{bs_tp}", {}).get("items_per_second"), ".1f"), *["-"] * 6])
         rows += _reference_rows(model, bs_lat, bs_tp)
         notes = []
         for row in model["levels"]:
             lat = row["deepsparse"].get(f"bs{bs_lat}", {})
             tp = row["deepsparse"].get(f"bs{bs_tp}", {})
             rows.append([
-                f"DS: {row['level']:g}" + (f" {row['mask_type']}" if row.get("mask_type") not in (None, "none") else ""),
+                f"DS: {row['level']:g}" + (f" {row['mask_type']}" if row.get("mask_type") not in (None, "none") else "")
+                + (f" {row['layer_allocation']}" if row.get("layer_allocation") not in (None, "uniform") else ""),
                 f"{row['target_sparsity']:.2f} / {row['exported_sparsity']:.3f}",
                 "yes" if row["quantized"] else "no", _f(row.get("fraction_of_supported_ops"), ".2f"),
                 _spread(lat.get("latency_ms"), ".1f"), _f(_med(lat.get("latency_ms_best")), ".1f"),
                 _spread(tp.get("items_per_second"), ".1f"),
-                *(_f(_med(fig.get(name)), ".2f") for name in ("speedup_vs_deepsparse_dense", "speedup_vs_onnxruntime_dense",
+                *(_f(_med(fig.get(name)), ".2f") for name in ("speedup_vs_deepsparse_dense", "speedup_vs_best_dense",
                                                               "speedup_vs_int8_only")
                   for fig in (lat, tp)),
             ])
             for bs, why in row.get("failures", {}).items():
                 notes.append(f"level {row['level']:g} {row.get('mask_type') or ''} {bs}: {why}")
+        best = model.get("best_dense") or {}
+        if best:
+            notes.append("best dense: the fastest engine for the dense FP32 file (" + ", ".join(
+                f"{bs} {_ENGINE_NAMES.get(str(key).split('.')[0], key)}" for bs, key in best.items()) + ")")
         notes.append("INT8 alone: the dense model quantized post-training (calibrated on generated rows: a speed "
                      "figure, not an accuracy one); x INT8 alone compares each level with its fastest engine. "
                      "OV = OpenVINO at its default precision (bf16 on AVX512_BF16/AMX CPUs).")
@@ -83,6 +87,9 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
                      "counts all conv/matmul weights, including the layers kept dense.")
         tables.append((f"1. Engine speedup by optim level: {model['description']}", header, rows, notes))
     return tables
+
+
+_ENGINE_NAMES = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
 def _reference_rows(model: dict[str, Any], bs_lat: int, bs_tp: int) -> list[list[str]]:

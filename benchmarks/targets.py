@@ -50,6 +50,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             row = next((r for r in rows_ if r.get("mask_type") == MASK_OF_TARGETS), rows_[0] if rows_ else None)
             value = _get(row, "deepsparse", f"bs{bs}", "speedup_vs_deepsparse_dense", "median") if row else None
             mask = row.get("mask_type") if row else None
+            if row and row.get("layer_allocation") not in (None, "uniform"):
+                mask = f"{mask} {row['layer_allocation']}"
             add(f"{label} level {level:g} ({mask or 'not built'}): DeepSparse bs{bs} speedup vs dense FP32 DeepSparse",
                 f">= {goal:g}x", value, None if value is None else value >= goal, "x",
                 "" if row else "level not measured in this mode")

@@ -51,6 +51,11 @@ def check_results(res: dict, md: str) -> None:
                     for t in (res["settings"]["targets"] if target_sparsity(lv) > 0 else ["auto"])]
         assert [(row["level"], row["target"]) for row in model["levels"]] == expected
         assert all((row["mask_type"] == "block4") == (row["target"] == "vnni") for row in model["levels"])
+        # built as the use case builds it: image classification spreads the sparsity by_compute
+        shipped = "by_compute" if model["kind"] == "vision" else "uniform"
+        assert {row["layer_allocation"] for row in model["levels"] if row["target_sparsity"] > 0} == {shipped}
+        assert set(model["best_dense"]) == {"bs1", "bs16"}
+        assert all(key.endswith(".L0") for key in model["best_dense"].values()), model["best_dense"]
         for bs in ("bs1", "bs16"):
             _figure(model["onnxruntime_dense"][bs]["items_per_second"], f"{model['model']} ORT {bs}")
         for row in model["levels"]:
@@ -61,7 +66,7 @@ def check_results(res: dict, md: str) -> None:
             for bs in ("bs1", "bs16"):
                 entry = row["deepsparse"][bs]
                 for key in ("latency_ms", "items_per_second", "speedup_vs_deepsparse_dense",
-                            "speedup_vs_onnxruntime_dense"):
+                            "speedup_vs_onnxruntime_dense", "speedup_vs_best_dense"):
                     _figure(entry[key], f"{where} {bs} {key}")
                 assert len(entry["latency_ms"]["runs"]) == res["settings"]["rounds"], where
                 assert row["compile"][bs]["compile_seconds"] > 0, where
