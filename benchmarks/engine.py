@@ -271,8 +271,8 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
     for b in builds:
         key = f"deepsparse.{variant(b['level'], b.get('mask_type'))}"
         row: dict[str, Any] = {k: b.get(k) for k in (
-            "level", "target", "mask_type", "layer_allocation", "target_sparsity", "quantized", "exported_sparsity", "pruned_scope_sparsity",
-            "onnx_bytes", "onnx_gzip_bytes", "recipe_steps", "reused", "built_in_parallel")}
+            "level", "target", "mask_type", "layer_allocation", "target_sparsity", "quantized", "exported_sparsity",
+            "pruned_scope_sparsity", "onnx_bytes", "onnx_gzip_bytes", "recipe_steps", "reused", "built_in_parallel")}
         row["export"] = {k: b.get(k) for k in ("export_seconds", "export_peak_rss_mb", "export_peak_rss_delta_mb",
                                                "export_rss_before_mb", "torch_threads")}
         row["export"]["build_peak_rss_mb"] = b.get("child_peak_rss_mb")

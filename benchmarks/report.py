@@ -63,7 +63,8 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
             tp = row["deepsparse"].get(f"bs{bs_tp}", {})
             rows.append([
                 f"DS: {row['level']:g}" + (f" {row['mask_type']}" if row.get("mask_type") not in (None, "none") else "")
-                + (f" {row['layer_allocation']}" if row.get("layer_allocation") not in (None, "uniform") else ""),
+                + (f" {row['layer_allocation']}" if row["target_sparsity"] and row.get("layer_allocation") not in
+                   (None, "uniform") else ""),
                 f"{row['target_sparsity']:.2f} / {row['exported_sparsity']:.3f}",
                 "yes" if row["quantized"] else "no", _f(row.get("fraction_of_supported_ops"), ".2f"),
                 _spread(lat.get("latency_ms"), ".1f"), _f(_med(lat.get("latency_ms_best")), ".1f"),

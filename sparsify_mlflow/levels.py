@@ -101,8 +101,10 @@ TARGET_MASKS = {"vnni": "block4", "default": "unstructured", "tensorrt": "2:4"}
 # recipe path (speedup over dense FP32 on DeepSparse, 2 cores, unstructured -> 1x4 blocks, level 0.5):
 # Intel VNNI+AMX ResNet-50 bs16 2.25x -> 3.48x, BERT-base bs16 2.76x -> 4.27x; AMD Zen 5 VNNI
 # ResNet-50 bs16 1.93x -> 2.89x, BERT-base 3.11x -> 5.81x (ResNet-50 bs1 lost 1.87x -> 1.65x there);
-# AMD EPYC AVX2 without VNNI (the benchmark suite, docs/benchmarks/results.md): ResNet-50 bs16 1.31x -> 2.58x
-# (bs1 2.29x -> 1.82x), BERT-base bs16 1.50x -> 3.37x and bs1 2.68x -> 3.30x.
+# AMD EPYC AVX2 without VNNI (the benchmark suite, docs/benchmarks/results_avx2.md): ResNet-50 bs16 1.31x -> 2.58x
+# (bs1 2.29x -> 1.82x), BERT-base bs16 1.50x -> 3.37x and bs1 2.68x -> 3.30x; AMD EPYC Zen 4 VNNI (the suite,
+# docs/benchmarks/results_avx512_vnni.md, ResNet-50 by_compute): ResNet-50 bs16 4.24x -> 5.79x (bs1 4.22x -> 3.91x),
+# BERT-base bs16 3.99x -> 7.82x and bs1 4.97x -> 5.80x.
 AUTO_REASON = ("1x4 blocks (auto): DeepSparse's sparse INT8 kernels skip whole 4-channel blocks; measured faster "
                "than unstructured at batch 16 on AVX-512 VNNI and AVX2 CPUs for ResNet-50 and BERT-base")
 LR_FUNCTIONS = ("linear", "cosine")  # what sparseml's LearningRateFunctionModifier offers without extra args
