@@ -22,6 +22,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from sparsify_mlflow.engines import INT8_OPS
+
 __all__ = ["ExportError", "ExportedModel", "export_onnx", "is_quantized", "onnx_weight_sparsity"]
 
 _LOG = logging.getLogger(__name__)
@@ -110,9 +112,6 @@ def export_onnx(
         layer_sparsity=layers,
         quantized=is_quantized(proto),
     )
-
-
-INT8_OPS = frozenset({"QuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"})
 
 
 def is_quantized(proto: onnx.ModelProto) -> bool:

@@ -9,7 +9,7 @@ model loads it without sparsify_mlflow installed; this file must not import spar
 (MLflow's own override of a logged model_config; the model is logged with engine onnxruntime.)
 
 OpenVINO runs the QDQ INT8 twin (`qdq_model`) where the version has one: the form its integer
-kernels take; the converted INT8 file would run at float precision there.
+kernels take (the converted INT8 file would run at float precision there), with its float ops at f32.
 """
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ class ServingEngine:
         elif name == "openvino":
             import openvino
 
-            self._compiled = openvino.Core().compile_model(path, "CPU")
+            # the INT8 file's float ops at f32, as the run evaluated it (engines.INT8_FILE_PRECISION)
+            config = {"INFERENCE_PRECISION_HINT": "f32"} if artifacts.get("qdq_model") else {}
+            self._compiled = openvino.Core().compile_model(path, "CPU", config)
         else:
             import onnxruntime as ort
 
