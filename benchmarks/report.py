@@ -81,7 +81,8 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
                 f"{bs} {_ENGINE_NAMES.get(str(key).split('.')[0], key)}" for bs, key in best.items()) + ")")
         notes.append("INT8 alone: the dense model quantized post-training (calibrated on generated rows: a speed "
                      "figure, not an accuracy one); x INT8 alone compares each level with its fastest engine. "
-                     "OV = OpenVINO at its default precision (bf16 on AVX512_BF16/AMX CPUs).")
+                     "OV = OpenVINO: the dense file at its default precision (bf16 on AVX512_BF16/AMX CPUs), an INT8 "
+                     "file with its float ops at f32.")
         notes.append("Medians of per-run medians (min-max over runs in brackets); best = median over runs of "
                      "each run's fastest batch (less sensitive to other processes); speedups are medians of "
                      "per-round ratios to the dense FP32 model measured in the same round. Exported sparsity "
