@@ -59,13 +59,15 @@ def digits_image_folder(rows: int = DIGITS_ROWS) -> Path:
     return _publish(tmp, root)
 
 
-def cached_splits(name: str, make: Callable[[], list[Any]], write: Callable[[list[Any]], str], suffix: str) -> Path:
-    """Cache folder `name` with train<suffix> + validation<suffix>: 80/20 of `make()`, generated once."""
+def cached_splits(name: str, make: Callable[[], list[Any]], write: Callable[[list[Any]], str], suffix: str,
+                  validation_rows: int | None = None) -> Path:
+    """Cache folder `name` with train<suffix> + validation<suffix>: the first `validation_rows` (default
+    a fifth) of `make()` and the rest, generated once."""
     root = cache_root() / "datasets" / name
     if (root / ".complete").exists():
         return root
     items = make()
-    n_val = max(2, round(len(items) * 0.2))
+    n_val = validation_rows if validation_rows is not None else max(2, round(len(items) * 0.2))
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     for stem, part in (("train", items[n_val:]), ("validation", items[:n_val])):

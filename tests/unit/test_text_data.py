@@ -2,7 +2,9 @@
 named by file and line. No model, no network."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -272,3 +274,66 @@ def test_embedded_row_count_is_checked() -> None:
     assert _embedded_rows("embedded:3000") == 3000
     for bad in ("embedded:lots", "embedded:5", "embedded:10000000"):
         expect_error("expected embedded:<rows> with 40 to 20000 rows", _embedded_rows, bad)
+
+
+# ---- the real offline set: docstrings labelled by library ---------------------------------------
+
+SMALL_LIBRARIES = {"click": ("click", "click", ("click",)), "jinja2": ("jinja2", "Jinja2", ("jinja2", "jinja"))}
+
+
+def test_docstring_set_is_balanced_masked_deterministic_and_split_per_label(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    from sparsify_mlflow.data import docstring_text
+
+    monkeypatch.setattr(docstring_text, "LIBRARIES", SMALL_LIBRARIES)
+    rows = docstring_text.build_rows(20)
+    assert rows == docstring_text.build_rows(20)
+    assert len(rows) == 40 and len({r["text"] for r in rows}) == 40
+    validation = rows[:8]  # the fifth cached_splits cuts off first: 4 of each library
+    assert sorted(r["label"] for r in validation) == ["click"] * 4 + ["jinja2"] * 4
+    assert sorted(r["label"] for r in rows[8:]) == ["click"] * 16 + ["jinja2"] * 16
+    for row in rows:  # the answer is not in the text
+        assert not {"click", "jinja", "jinja2"} & set(re.findall(r"\w+", row["text"].lower())), row
+    monkeypatch.setenv("SPARSIFY_MLFLOW_CACHE", str(tmp_path / "cache"))
+    splits = load_text_splits(docstring_text.docstring_dataset(20), seed=0)
+    assert (len(splits.train), len(splits.val), splits.label_names) == (32, 8, ["click", "jinja2"])
+
+
+def test_docstring_summary_keeps_the_first_prose_paragraph() -> None:
+    from sparsify_mlflow.data.docstring_text import mask, summary
+
+    assert summary("Return the sum of the\n    values along an axis.\n\n    Parameters\n    ----------\n") == \
+        "Return the sum of the values along an axis."
+    assert summary("Too short.") is None
+    assert summary(">>> import numpy as np\n>>> np.zeros(3)  # a doctest is not prose") is None
+    assert summary("x" * 500) is None
+    assert mask("Wraps numpy.ndarray; see NumPy's np.sum and numpyro.", ("numpy", "np")) == \
+        "Wraps lib.ndarray; see lib's lib.sum and numpyro."
+
+
+def test_docstring_set_names_the_library_that_cannot_fill_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparsify_mlflow.data import docstring_text
+
+    monkeypatch.setattr(docstring_text, "LIBRARIES", SMALL_LIBRARIES)
+    expect_error("embedded:docstrings: click (click ", docstring_text.build_rows, 100000)
+    # two labels reading the same sources share every text: none has an answer, so none is usable
+    monkeypatch.setattr(docstring_text, "LIBRARIES", {"a": SMALL_LIBRARIES["click"], "b": SMALL_LIBRARIES["click"]})
+    click = f"click {importlib.metadata.version('click')}"
+    expect_error(f"embedded:docstrings: a ({click}) has 0 usable docstrings", docstring_text.build_rows, 1)
+    monkeypatch.setattr(docstring_text, "LIBRARIES", {"nope": ("no_such_library_here", "nope", ("nope",))})
+    expect_error("the library 'no_such_library_here' is not installed", docstring_text.build_rows, 10)
+
+
+def test_text_classification_reads_the_docstring_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from sparsify_mlflow.config import ExperimentConfig
+    from sparsify_mlflow.data import docstring_text
+    from sparsify_mlflow.usecases import resolve
+    from sparsify_mlflow.usecases.nlp.text_classification import TextOptions
+
+    monkeypatch.setattr(docstring_text, "LIBRARIES", SMALL_LIBRARIES)
+    monkeypatch.setattr(docstring_text, "ROWS_PER_LABEL", 20)
+    monkeypatch.setenv("SPARSIFY_MLFLOW_CACHE", str(tmp_path / "cache"))
+    cfg = ExperimentConfig(use_case="text_classification", data="embedded:docstrings", use_case_options=TextOptions())
+    splits, source = resolve("text_classification")._splits(cfg)
+    assert source.startswith("embedded:docstrings: docstrings of 2 installed libraries")
+    assert (len(splits.train), len(splits.val), splits.label_names) == (32, 8, ["click", "jinja2"])

@@ -1,10 +1,11 @@
 """nlp-text_classification and nlp-sentiment_analysis: HF-style text data, transformers, accuracy + F1.
 
 One implementation, registered under two names (Sparsify lists them as two use cases). Data are
-JSON lines / JSON / CSV files, a folder of splits, a Hugging Face dataset name, or (default) the
-embedded synthetic sentiment set; the model is a Hugging Face sequence classifier (default: the
-packaged MiniLM). Rows are tokenized once to `max_seq_length` (the exported ONNX has that fixed
-length); training trims each batch to its longest row, which gives the same result faster.
+JSON lines / JSON / CSV files, a folder of splits, a Hugging Face dataset name, the real offline
+docstring set (`embedded:docstrings`), or (default) the embedded synthetic sentiment set; the model
+is a Hugging Face sequence classifier (default: the packaged MiniLM). Rows are tokenized once to
+`max_seq_length` (the exported ONNX has that fixed length); training trims each batch to its
+longest row, which gives the same result faster.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from sparsify_mlflow.config import ExperimentConfig
-from sparsify_mlflow.data import text_files, text_hub
+from sparsify_mlflow.data import docstring_text, text_files, text_hub
 from sparsify_mlflow.data.embedded import embedded_rows, is_embedded
 from sparsify_mlflow.options import option
 from sparsify_mlflow.usecases.base import (
@@ -114,6 +115,11 @@ class TextClassification(TransformerTask):
         columns = {"text_column": cfg.use_case_options.text_column, "pair_column": cfg.use_case_options.text_pair_column,
                    "label_column": cfg.use_case_options.label_column}
         spec = cfg.data
+        if spec == docstring_text.SPEC:
+            folder = docstring_text.docstring_dataset()
+            return (text_files.load_text_splits(folder, seed=cfg.seed, **columns),
+                    f"{docstring_text.SPEC}: docstrings of {len(docstring_text.LIBRARIES)} installed libraries, "
+                    f"labelled by library")
         if is_embedded(spec):
             from sparsify_mlflow.data.embedded_text import sentiment_dataset
 
