@@ -5,14 +5,18 @@ Marked `serial`: `make test` runs these alone, after the parallel tests, so "idl
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers.mlflow_checks import family
+from sparsify_mlflow import experiment as experiment_module
 from sparsify_mlflow.cli import main
 from sparsify_mlflow.engines import deepsparse_status
 from sparsify_mlflow.speed_session import OTHER_CORES_LIMIT, STEAL_LIMIT
@@ -39,16 +43,25 @@ def promote(store: str, name: str, *extra: str) -> int:
                  "--to", "champion", "--min-speedup", "0.01", *extra])
 
 
-def test_busy_machine_marks_the_speedups_unreliable_and_promotion_refuses(image_folder, store, tmp_path, capsys):
-    cpus = __import__("os").sched_getaffinity(0)
-    burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in cpus]  # one per CPU we run on
-    try:
-        # the load alone must flag it: a short session (everything runs 2-100x slower beside the burners)
-        summary = experiment(image_folder, store, tmp_path, "busy", "--benchmark-rounds", "3",
-                             "--benchmark-iterations", "9")
-    finally:
-        for proc in burners:
-            proc.kill()
+def beside_burners(session: Callable[..., Any]) -> Callable[..., Any]:
+    """The real benchmark session, with one CPU-burning process per CPU we run on while it runs (only
+    then: training beside them would take minutes and is not what is judged)."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in os.sched_getaffinity(0)]
+        try:
+            return session(*args, **kwargs)
+        finally:
+            for proc in burners:
+                proc.kill()
+    return run
+
+
+def test_busy_machine_marks_the_speedups_unreliable_and_promotion_refuses(image_folder, store, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setattr(experiment_module, "run_session", beside_burners(experiment_module.run_session))
+    # the load alone must flag it: a short session (the engines run 2-100x slower beside the burners)
+    summary = experiment(image_folder, store, tmp_path, "busy", "--benchmark-rounds", "3",
+                         "--benchmark-iterations", "9")
     out = capsys.readouterr().out
     assert "warning: speedups unreliable: other processes used" in out and "(!)" in out
     parent, _ = family(store, summary["parent_run_id"])
