@@ -93,7 +93,9 @@ def markdown(rows: list[dict], machine: str) -> str:
                                  key=lambda k: (list(EXAMPLES).index(k[0]), k[1])):
         by_variant = {r["variant"]: r for r in rows if r["example"] == example and r["level"] == level}
         first = next(iter(by_variant.values()))
-        cells = [cell(by_variant[v]) if v in by_variant else "" for v in variants]
+        cells = [(cell(by_variant[v]) + ("" if by_variant[v]["dense"] == first["dense"] else  # its own baseline
+                                          f" vs dense {by_variant[v]['dense']:.4f}")) if v in by_variant else ""
+                 for v in variants]
         lines.append(f"| {example} | {first['metric']} | {level:g} | {first['dense']:.4f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
