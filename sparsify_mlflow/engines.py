@@ -110,13 +110,15 @@ def openvino_status() -> tuple[bool, str]:
 
 def openvino_facts() -> dict[str, str]:
     """What an OpenVINO figure means here: its version, default CPU precision (bf16 on CPUs with
-    AVX512_BF16 or AMX, so "dense" is then a bf16 figure) and whether sparse weights are used (AMX only)."""
+    AVX512_BF16 or AMX, so "dense" is then a bf16 figure), the precision of an INT8 file's float ops
+    and whether sparse weights are used (AMX only)."""
     import openvino as ov
 
     precision = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()  # "bf16", "f32"
     sparse = (f"yes (AMX: INT8 layers >= {OPENVINO_SPARSE_RATE:.0%} sparse)" if _has_amx()
               else "no (needs AMX; sparsity brings OpenVINO no speed on this CPU)")
-    return {"version": ov.__version__.split("-")[0], "precision": precision, "sparse_weights": sparse}
+    return {"version": ov.__version__.split("-")[0], "precision": precision,
+            "int8_files_float_ops": INT8_FILE_PRECISION, "sparse_weights": sparse}
 
 
 def cpu_info() -> dict[str, object]:

@@ -283,7 +283,8 @@ def test_parity_run_fallback_oom_options_folder_and_its_mlflow_copy(monkeypatch,
                                                                    "config.json", "README.md"}
     readme = (folder / "deployment" / "README.md").read_text()
     for needle in ("compile_model(\"model.onnx\"", "ort.InferenceSession(\"model.onnx\"", "| OpenVINO | `model.qdq.onnx` |",
-                   "compile_model(\"model.qdq.onnx\", \"CPU\")", "| input | `input` | "
+                   "compile_model(\"model.qdq.onnx\", \"CPU\", {\"INFERENCE_PRECISION_HINT\": \"f32\"})",
+                   "the INT8 file runs with its float ops at f32", "| input | `input` | "
                    "float32 | [batch, 3, 32, 32] |", "| sparse | onnxruntime | 4 |", "f1_macro:",
                    "DeepSparse unavailable", summary["parent_run_id"]):
         assert needle in readme, needle
