@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sparsify_mlflow.data.embedded import cached_splits, json_lines
+from sparsify_mlflow.data.fingerprint import fingerprint_text
 from sparsify_mlflow.errors import DataError
 
 SPEC = "embedded:docstrings"
@@ -48,7 +49,7 @@ def docstring_dataset(rows_per_label: int | None = None) -> Path:
     once into the cache."""
     rows_per_label = rows_per_label or ROWS_PER_LABEL
     versions = " ".join(f"{dist}=={_version(dist)}" for _, dist, _ in LIBRARIES.values())
-    name = f"docstrings-v{GENERATOR_VERSION}-{rows_per_label}-{stable_hash(versions)}"
+    name = f"docstrings-v{GENERATOR_VERSION}-{rows_per_label}-{fingerprint_text(versions)}"
     return cached_splits(name, lambda: build_rows(rows_per_label), json_lines, ".jsonl",
                          validation_rows=len(LIBRARIES) * _validation_rows(rows_per_label))
 
@@ -99,13 +100,6 @@ def mask(text: str, words: tuple[str, ...]) -> str:
     """Replace the library's own names (as words or dotted prefixes, any case) by "lib"."""
     pattern = r"\b(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b"
     return re.sub(pattern, "lib", text, flags=re.IGNORECASE)
-
-
-def stable_hash(text: str) -> str:
-    """12 hex digits that stay the same across processes (Python's hash() of a str does not)."""
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _texts(label: str) -> Iterator[str]:

@@ -22,12 +22,24 @@ from sparsify_mlflow.engines import (
 )
 
 
-def conv_net(path: Path) -> Path:
-    """Conv -> Relu -> global pool -> flatten -> MatMul on 3x8x8: the op kinds the exported models hold."""
+def conv_net(path: Path, int8: bool = False) -> Path:
+    """Conv -> Relu -> global pool -> flatten -> MatMul on 3x8x8: the op kinds the exported models hold;
+    `int8`: activations and conv weights in QDQ form, as the project's QDQ twins hold them."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "F")]
-    nodes = [helper.make_node("Conv", ["input", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "F")]
+    front = []
+    if int8:
+        inits += [numpy_helper.from_array(rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8), "Wq"),
+                  numpy_helper.from_array(np.array(0.02, np.float32), "ws"),
+                  numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+                  numpy_helper.from_array(np.array(0, np.int8), "z")]
+        front = [helper.make_node("QuantizeLinear", ["input", "xs", "z"], ["xq"]),
+                 helper.make_node("DequantizeLinear", ["xq", "xs", "z"], ["x"]),
+                 helper.make_node("DequantizeLinear", ["Wq", "ws", "z"], ["W"])]
+    else:
+        inits.append(numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"))
+    nodes = [*front, helper.make_node("Conv", ["x" if int8 else "input", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
              helper.make_node("MatMul", ["f", "F"], ["logits"])]
     graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
@@ -78,34 +90,13 @@ def test_openvino_missing_is_one_line_and_the_plan_falls_back_without_a_note_per
     assert plan_benchmarks(path, ("openvino",), (1, 4), 1) == ([("onnxruntime", 1), ("onnxruntime", 4)], set(), [])
 
 
-def qdq_conv_net(path: Path) -> Path:
-    """conv_net with INT8 activations and weights in QDQ form (what the project's QDQ twins hold)."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8), "Wq"),
-             numpy_helper.from_array(np.array(0.02, np.float32), "ws"), numpy_helper.from_array(np.array(0, np.int8), "wz"),
-             numpy_helper.from_array(np.array(0.05, np.float32), "xs"), numpy_helper.from_array(np.array(0, np.int8), "xz"),
-             numpy_helper.from_array(rng.standard_normal((4, 5)).astype(np.float32), "F")]
-    nodes = [helper.make_node("QuantizeLinear", ["input", "xs", "xz"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["x"]),
-             helper.make_node("DequantizeLinear", ["Wq", "ws", "wz"], ["W"]),
-             helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("MatMul", ["f", "F"], ["logits"])]
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def test_an_int8_file_keeps_its_float_ops_at_f32_on_openvino(tmp_path: Path) -> None:
     """OpenVINO's default bf16 (AVX512_BF16/AMX CPUs) would be a second approximation on top of the INT8
     the run trained; a float file keeps the default, the fastest dense deployment."""
     def precision(engine) -> str:
         return engine._impl.get_compiled_model().get_property("INFERENCE_PRECISION_HINT").to_string()
 
-    int8 = load_engine(qdq_conv_net(tmp_path / "qdq.onnx"), "openvino", batch_size=1, num_cores=1)
+    int8 = load_engine(conv_net(tmp_path / "qdq.onnx", int8=True), "openvino", batch_size=1, num_cores=1)
     assert precision(int8) == "f32"
     dense = load_engine(conv_net(tmp_path / "net.onnx"), "openvino", batch_size=1, num_cores=1)
     assert precision(dense) == openvino_facts()["precision"]
