@@ -29,7 +29,7 @@ def engine_section(st: Settings, work: Path, reuse: bool, say: Say, resume: bool
     groups an interrupted run finished (each group is still timed side by side, in one process)."""
     builds = build_all(st, work, reuse or resume, say)
     groups = [{"name": f"{spec.key}.bs{bs}", "spec": vars(spec), "batch_size": bs,
-               "variants": _variants(builds[spec.key])} for spec in st.models for bs in st.batch_sizes]
+               "variants": _variants(builds[spec.key], st)} for spec in st.models for bs in st.batch_sizes]
     timings: dict[str, dict[str, Any]] = {}
     failures: dict[str, dict[str, str]] = {}
     for group in groups:
@@ -182,9 +182,10 @@ def _group_key(group: dict[str, Any], builds: dict[str, list[dict[str, Any]]], s
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _variants(builds: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _variants(builds: list[dict[str, Any]], st: Settings) -> list[dict[str, str]]:
     """Every level on DeepSparse, the dense file on ONNX Runtime; the INT8-only reference (built beside the
-    dense file) on DeepSparse and, with the dense file, on OpenVINO where it is installed (its QDQ twin)."""
+    dense file) on DeepSparse and, where OpenVINO is installed, the dense file, the reference's QDQ twin and
+    the QDQ twins of the 1x4-block files at ``st.openvino_levels`` on OpenVINO."""
     from sparsify_mlflow.engines import openvino_status
 
     variants = [{"key": f"deepsparse.{variant(b['level'], b.get('mask_type'))}", "path": b["onnx_path"],
@@ -198,6 +199,9 @@ def _variants(builds: list[dict[str, Any]]) -> list[dict[str, str]]:
         variants.append({"key": "openvino.L0", "path": dense["onnx_path"], "engine": "openvino"})
         if reference:
             variants.append({"key": f"openvino.{INT8_ONLY}", "path": reference["qdq_path"], "engine": "openvino"})
+        variants += [{"key": f"openvino.{variant(b['level'], b['mask_type'])}", "path": b["qdq_path"],
+                      "engine": "openvino"} for b in builds
+                     if b.get("qdq_path") and b["level"] in st.openvino_levels and b["mask_type"] == "block4"]
     return variants
 
 
@@ -276,27 +280,23 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
         row["export"] = {k: b.get(k) for k in ("export_seconds", "export_peak_rss_mb", "export_peak_rss_delta_mb",
                                                "export_rss_before_mb", "torch_threads")}
         row["export"]["build_peak_rss_mb"] = b.get("child_peak_rss_mb")
-        row.update(fraction_of_supported_ops=None, deepsparse={}, compile={}, failures={})
+        row.update(fraction_of_supported_ops=None, deepsparse={}, openvino={}, fastest={}, compile={}, failures={})
         for bs in st.batch_sizes:
             t = timings[bs].get(key)
             if t is None:
                 row["failures"][f"bs{bs}"] = failures[bs].get(key, "not measured")
-                continue
-            if row["fraction_of_supported_ops"] is None:
-                row["fraction_of_supported_ops"] = t["fraction_of_supported_ops"]
-            entry = _timing_entry(t, bs)
-            rounds = _per_round(t["runs"])
-            for name, base_key in (("speedup_vs_deepsparse_dense", "deepsparse.L0"),
-                                   ("speedup_vs_onnxruntime_dense", "onnxruntime.L0"),
-                                   ("speedup_vs_best_dense", _fastest(timings[bs], "L0")),
-                                   ("speedup_vs_int8_only", _fastest(timings[bs], INT8_ONLY))):
-                base = timings[bs].get(base_key)
-                if base is not None:
-                    base_rounds = _per_round(base["runs"])
-                    common = sorted(set(rounds) & set(base_rounds))
-                    entry[name] = ratio_figure([base_rounds[r] for r in common], [rounds[r] for r in common])
-            row["deepsparse"][f"bs{bs}"] = entry
-            row["compile"][f"bs{bs}"] = {k: t[k] for k in ("compile_seconds", "compile_peak_rss_delta_mb", "engine_rss_mb")}
+            else:
+                if row["fraction_of_supported_ops"] is None:
+                    row["fraction_of_supported_ops"] = t["fraction_of_supported_ops"]
+                row["deepsparse"][f"bs{bs}"] = _level_entry(t, timings[bs], bs)
+                row["compile"][f"bs{bs}"] = {k: t[k] for k in ("compile_seconds", "compile_peak_rss_delta_mb",
+                                                               "engine_rss_mb")}
+            ov = timings[bs].get(f"openvino.{variant(b['level'], b.get('mask_type'))}") if b.get("qdq_path") else None
+            if ov is not None:
+                row["openvino"][f"bs{bs}"] = _level_entry(ov, timings[bs], bs)
+            timed = [e for e in ("deepsparse", "openvino") if f"bs{bs}" in row[e]]
+            if timed:  # the fastest deployment of this file: DeepSparse, or OpenVINO on its QDQ twin
+                row["fastest"][f"bs{bs}"] = min(timed, key=lambda e: row[e][f"bs{bs}"]["latency_ms"]["median"])
         levels.append(row)
     ort = {}
     for bs in st.batch_sizes:
@@ -317,6 +317,23 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
     return {"model": spec.key, "kind": spec.kind, "description": spec.describe(), "spec": vars(spec),
             "levels": levels, "onnxruntime_dense": ort, "openvino_dense": openvino_dense, "best_dense": best_dense,
             "int8_only": int8_only}
+
+
+def _level_entry(t: dict[str, Any], group: dict[str, Any], bs: int) -> dict[str, Any]:
+    """One file on one engine at one batch size: its timing and its speedups over every reference,
+    each the median of per-round ratios to the reference timed in the same rounds."""
+    entry = _timing_entry(t, bs)
+    rounds = _per_round(t["runs"])
+    for name, base_key in (("speedup_vs_deepsparse_dense", "deepsparse.L0"),
+                           ("speedup_vs_onnxruntime_dense", "onnxruntime.L0"),
+                           ("speedup_vs_best_dense", _fastest(group, "L0")),
+                           ("speedup_vs_int8_only", _fastest(group, INT8_ONLY))):
+        base = group.get(base_key)
+        if base is not None:
+            base_rounds = _per_round(base["runs"])
+            common = sorted(set(rounds) & set(base_rounds))
+            entry[name] = ratio_figure([base_rounds[r] for r in common], [rounds[r] for r in common])
+    return entry
 
 
 def _fastest(timings: dict[str, Any], name: str) -> str | None:

@@ -158,6 +158,7 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
     peak = sampler.peak_by_label.get("export", before)
     sampler.mark("done")
     reference = _int8_only(spec, model, scope, out_dir / "int8_only", sample) if level == 0.0 else None
+    qdq = _qdq_twin(exported.path) if exported.quantized and plan.target_sparsity > 0 else None
     return {
         "level": level,
         "target": target,
@@ -172,6 +173,7 @@ def build_level(spec: ModelSpec, level: float, out_dir: Path, log_dir: Path, sam
         "pruned_scope_sparsity": pruned_sparsity,      # PyTorch, over the pruned parameters
         "exported_sparsity": exported.weight_sparsity,  # the ONNX file, over all conv/matmul weights
         "onnx_path": str(exported.path),
+        "qdq_path": qdq,  # the twin OpenVINO runs with integer kernels (pruned INT8 levels)
         "onnx_bytes": exported.size_bytes,
         "onnx_gzip_bytes": exported.gzip_size_bytes,
         "export_seconds": export_seconds,
@@ -192,13 +194,18 @@ def _int8_only(spec: ModelSpec, dense, scope, out_dir: Path, sample: tuple) -> d
 
     from sparsify_mlflow.export import export_onnx
     from sparsify_mlflow.post_training import calibrated_int8
-    from sparsify_mlflow.qdq import QDQ_FILE, export_qdq
 
     rows = [[torch.from_numpy(a) for a in sample_rows(spec, spec.train_batch, seed=10 + i)]
             for i in range(CALIBRATION_BATCHES)]
     quantized = calibrated_int8(dense, scope, rows, len(rows), lambda model, batch: model(*batch))
     inputs, outputs = io_names(spec)
     exported = export_onnx(quantized, sample, out_dir, input_names=inputs, output_names=outputs)
-    qdq = export_qdq(exported.path, exported.path.with_name(QDQ_FILE))
-    return {"onnx_path": str(exported.path), "qdq_path": str(qdq), "quantized": exported.quantized,
+    return {"onnx_path": str(exported.path), "qdq_path": _qdq_twin(exported.path), "quantized": exported.quantized,
             "exported_sparsity": exported.weight_sparsity, "onnx_bytes": exported.size_bytes}
+
+
+def _qdq_twin(int8_file: Path) -> str:
+    """The canonical QDQ form of an INT8 export (qdq.export_qdq), beside it: what OpenVINO runs in INT8."""
+    from sparsify_mlflow.qdq import QDQ_FILE, export_qdq
+
+    return str(export_qdq(int8_file, int8_file.with_name(QDQ_FILE)))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.targets import ENGINE_NAMES
+
 Table = tuple[str, list[str], list[list[str]], list[str]]
 
 
@@ -28,7 +30,8 @@ def machine_lines(res: dict[str, Any]) -> list[str]:
     m, v, load = res["machine"], res["versions"], res.get("load", {})
     lines = [
         f"CPU: {m.get('model')} ({m.get('vendor')}), {m.get('cores')} cores / {m.get('threads')} threads, "
-        f"ISA {m.get('isa')}, VNNI {'yes' if m.get('vnni') else 'no'} (DeepSparse: {m.get('deepsparse_status')})",
+        f"ISA {m.get('isa')}, VNNI {'yes' if m.get('vnni') else 'no'}, AMX {'yes' if m.get('amx') else 'no'} "
+        f"(DeepSparse: {m.get('deepsparse_status')})",
         f"deepsparse {v.get('deepsparse')}, sparseml {v.get('sparseml')}, torch {v.get('torch')}, "
         f"onnxruntime {v.get('onnxruntime')}; mode {res['mode']}; {res['settings']['rounds']} rounds per figure",
     ]
@@ -59,30 +62,19 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
         rows += _reference_rows(model, bs_lat, bs_tp)
         notes = []
         for row in model["levels"]:
-            lat = row["deepsparse"].get(f"bs{bs_lat}", {})
-            tp = row["deepsparse"].get(f"bs{bs_tp}", {})
-            rows.append([
-                f"DS: {row['level']:g}" + (f" {row['mask_type']}" if row.get("mask_type") not in (None, "none") else "")
-                + (f" {row['layer_allocation']}" if row["target_sparsity"] and row.get("layer_allocation") not in
-                   (None, "uniform") else ""),
-                f"{row['target_sparsity']:.2f} / {row['exported_sparsity']:.3f}",
-                "yes" if row["quantized"] else "no", _f(row.get("fraction_of_supported_ops"), ".2f"),
-                _spread(lat.get("latency_ms"), ".1f"), _f(_med(lat.get("latency_ms_best")), ".1f"),
-                _spread(tp.get("items_per_second"), ".1f"),
-                *(_f(_med(fig.get(name)), ".2f") for name in ("speedup_vs_deepsparse_dense", "speedup_vs_best_dense",
-                                                              "speedup_vs_int8_only")
-                  for fig in (lat, tp)),
-            ])
+            rows.append(_level_row(row, "deepsparse", bs_lat, bs_tp))
             for bs, why in row.get("failures", {}).items():
                 notes.append(f"level {row['level']:g} {row.get('mask_type') or ''} {bs}: {why}")
+        rows += [_level_row(row, "openvino", bs_lat, bs_tp) for row in model["levels"] if row.get("openvino")]
         best = model.get("best_dense") or {}
         if best:
             notes.append("best dense: the fastest engine for the dense FP32 file (" + ", ".join(
-                f"{bs} {_ENGINE_NAMES.get(str(key).split('.')[0], key)}" for bs, key in best.items()) + ")")
+                f"{bs} {ENGINE_NAMES.get(str(key).split('.')[0], key)}" for bs, key in best.items()) + ")")
         notes.append("INT8 alone: the dense model quantized post-training (calibrated on generated rows: a speed "
                      "figure, not an accuracy one); x INT8 alone compares each level with its fastest engine. "
                      "OV = OpenVINO: the dense file at its default precision (bf16 on AVX512_BF16/AMX CPUs), an INT8 "
-                     "file with its float ops at f32.")
+                     "file with its float ops at f32; 'OV: 0.5 block4 QDQ' is OpenVINO on the QDQ twin of the level's INT8 "
+                     "file (sparse weights packed on AMX CPUs only).")
         notes.append("Medians of per-run medians (min-max over runs in brackets); best = median over runs of "
                      "each run's fastest batch (less sensitive to other processes); speedups are medians of "
                      "per-round ratios to the dense FP32 model measured in the same round. Exported sparsity "
@@ -91,7 +83,22 @@ def engine_tables(res: dict[str, Any]) -> list[Table]:
     return tables
 
 
-_ENGINE_NAMES = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+def _level_row(row: dict[str, Any], engine: str, bs_lat: int, bs_tp: int) -> list[str]:
+    """One level's file on one engine ("OV: 0.5 block4 QDQ" is OpenVINO on the file's QDQ twin)."""
+    lat, tp = row[engine].get(f"bs{bs_lat}", {}), row[engine].get(f"bs{bs_tp}", {})
+    label = ("DS: " if engine == "deepsparse" else "OV: ") + f"{row['level']:g}"
+    if row.get("mask_type") not in (None, "none"):
+        label += f" {row['mask_type']}"
+    if row["target_sparsity"] and row.get("layer_allocation") not in (None, "uniform"):
+        label += f" {row['layer_allocation']}"
+    return [label + (" QDQ" if engine == "openvino" else ""),
+            f"{row['target_sparsity']:.2f} / {row['exported_sparsity']:.3f}",
+            "yes" if row["quantized"] else "no",
+            _f(row.get("fraction_of_supported_ops"), ".2f") if engine == "deepsparse" else "-",
+            _spread(lat.get("latency_ms"), ".1f"), _f(_med(lat.get("latency_ms_best")), ".1f"),
+            _spread(tp.get("items_per_second"), ".1f"),
+            *(_f(_med(fig.get(name)), ".2f") for name in ("speedup_vs_deepsparse_dense", "speedup_vs_best_dense",
+                                                          "speedup_vs_int8_only") for fig in (lat, tp))]
 
 
 def _reference_rows(model: dict[str, Any], bs_lat: int, bs_tp: int) -> list[list[str]]:
@@ -195,8 +202,9 @@ def targets_table(res: dict[str, Any]) -> list[Table]:
     header = ["target", "goal", "measured", "result", "note"]
     rows = [[t["name"], t["goal"], _f(t["measured"], ".2f" if t["unit"] != "s" else ".0f", t["unit"]),
              t["status"], t["note"]] for t in res["targets"]]
-    return [(f"Targets (machine: {res['machine'].get('isa')}, VNNI {'yes' if res['machine'].get('vnni') else 'no'})",
-             header, rows, [])]
+    m = res["machine"]
+    return [(f"Targets (machine: {m.get('isa')}, VNNI {'yes' if m.get('vnni') else 'no'}, "
+             f"AMX {'yes' if m.get('amx') else 'no'})", header, rows, [])]
 
 
 def all_tables(res: dict[str, Any]) -> list[Table]:

@@ -122,7 +122,7 @@ def openvino_facts() -> dict[str, str]:
 
 
 def cpu_info() -> dict[str, object]:
-    """What the benchmark ran on: vendor/model, cores, ISA, VNNI (logged next to every figure)."""
+    """What the benchmark ran on: vendor/model, cores, ISA, VNNI, AMX (logged next to every figure)."""
     if deepsparse_status()[0]:
         from deepsparse.cpu import cpu_architecture
 
@@ -134,6 +134,7 @@ def cpu_info() -> dict[str, object]:
             "threads": int(arch.get("available_num_hw_threads") or os.cpu_count() or 1),
             "isa": arch.get("isa"),
             "vnni": bool(arch.get("vnni")),
+            "amx": _has_amx(),
             "source": "deepsparse",
         }
     fields = _proc_cpuinfo_first()
@@ -146,6 +147,7 @@ def cpu_info() -> dict[str, object]:
         "threads": _threads(),
         "isa": isa,
         "vnni": bool(flags & {"avx512_vnni", "avx_vnni"}),
+        "amx": "amx_int8" in flags,
         "source": "/proc/cpuinfo",
     }
 

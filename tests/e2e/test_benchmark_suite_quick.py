@@ -82,6 +82,12 @@ def check_results(res: dict, md: str) -> None:
             assert reference["fastest"][bs].split(".")[0] in engines
             for row in model["levels"]:
                 _figure(row["deepsparse"][bs]["speedup_vs_int8_only"], f"{model['model']} {row['level']} vs INT8 {bs}")
+                # the suite's OpenVINO levels also run on OpenVINO (the QDQ twin); the faster engine is named
+                on_openvino = openvino_status()[0] and row["level"] in res["settings"]["openvino_levels"]
+                assert set(row["openvino"]) == ({"bs1", "bs16"} if on_openvino else set()), row["level"]
+                if on_openvino:
+                    _figure(row["openvino"][bs]["speedup_vs_int8_only"], f"{model['model']} {row['level']} OV {bs}")
+                assert row["fastest"][bs] in engines
             if openvino_status()[0]:
                 _figure(model["openvino_dense"][bs]["latency_ms"], f"{model['model']} OpenVINO dense {bs}")
 
@@ -101,3 +107,4 @@ def check_results(res: dict, md: str) -> None:
     assert "level 1" in names and "fully supported" in names and "main job" in names
     assert all(t["status"] in ("PASS", "FAIL", "N/A") for t in res["targets"])
     assert "| engine: level |" in md and "Targets" in md
+    assert ("| OV: 1 block4 QDQ |" in md) == openvino_status()[0]  # BERT level 1 on OpenVINO
