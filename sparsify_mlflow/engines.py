@@ -48,7 +48,8 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 ENGINES = ("deepsparse", "onnxruntime", "openvino")
 # CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE where the CPU has AMX: INT8 FullyConnected layers at least this
-# sparse use packed sparse weights (70%-sparse BERT-base at bs1: 32.4 -> 23.2 ms on an AMX Xeon).
+# sparse use packed sparse weights (70%-sparse BERT-base at bs1: 32.4 -> 23.2 ms on one AMX Xeon; on
+# another, 2026-12-03, on or off within 3%: docs/engines.md).
 OPENVINO_SPARSE_RATE = 0.5
 # Ops that compute in INT8: a graph with one is an INT8 model (the file, not the recipe, says so).
 INT8_OPS = frozenset({"QuantizeLinear", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"})
