@@ -35,6 +35,8 @@ VARIANTS = {
     "block4-3_epochs": (["--target", "vnni", "--epochs", "3"], "0.5"),
     "block4-3_epochs-long_ramp": (["--target", "vnni", "--epochs", "3", "--recipe-args",
                                    '{"num_pruning_active_epochs": 1.5}'], "0.5"),
+    # more epochs than the default 6 (its dense baseline is trained as long): a longer ramp and stabilisation
+    "block4-10_epochs": (["--target", "vnni", "--epochs", "10"], "0.5"),
 }
 # The offline examples' own arguments (examples/*_offline.sh), at the use case's default epochs.
 EXAMPLES = {
