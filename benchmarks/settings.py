@@ -41,8 +41,9 @@ class Settings:
     # vnni = 1x4 blocks); levels that only quantize are built once
     targets: tuple[str, ...] = ("default", "vnni")
     # Pruned levels whose INT8 file is also timed on OpenVINO (its QDQ twin, 1x4 blocks: the mask the
-    # targets use): on AMX CPUs OpenVINO packs sparse INT8 weights, so the fastest sparse deployment
-    # may not be DeepSparse there. Two levels, not all, to keep the suite within its time budget.
+    # targets use), so the fastest sparse deployment is measured, not assumed to be DeepSparse (OpenVINO
+    # packs sparse INT8 weights on AMX CPUs; on one AMX Xeon that gained nothing: docs/engines.md).
+    # Two levels, not all, to keep the suite within its time budget.
     openvino_levels: tuple[float, ...] = (0.5, 1.0)
     batch_sizes: tuple[int, int] = (1, 16)   # (latency, throughput)
     rounds: int = 3                          # repeated runs per figure, interleaved across variants
