@@ -162,10 +162,11 @@ def assert_exported_sparsity(exported: float, target: float) -> None:
     """The exported file keeps the pruned zeros.
 
     Down to target - 0.02: unpruned layers (the stem, the classifier) dilute the file's overall figure.
-    Up to target + 0.04: INT8 rounds the smallest surviving weights (|w| < scale / 2) to zero as well;
-    a barely trained model has many of them (CI saw 0.7206 at target 0.7).
+    Up to target + 0.06: INT8 rounds the smallest surviving weights (|w| < scale / 2) to zero as well;
+    a barely trained model has many of them (CI saw 0.7206 at target 0.7, a resumed 2-epoch run
+    0.7441). The next level's sparsity (0.8 after 0.7) is still out of bounds.
     """
-    assert target - 0.02 <= exported <= target + 0.04, (exported, target)
+    assert target - 0.02 <= exported <= target + 0.06, (exported, target)
 
 
 def assert_int8_only_reference(store: str, parent_id: str) -> bool:
