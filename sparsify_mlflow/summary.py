@@ -140,7 +140,9 @@ def print_summary(result: ExperimentResult, console: Console | None = None) -> N
                          f"session, each model against the dense one on the same engine."))
     if (line := int8_only_line(result)) is not None:
         console.print(escape(line))
-    if not result.reliability.reliable:
+    if result.reliability.reliable:
+        console.print("Reliable: no other process or hypervisor took the CPUs and the rounds agreed.")
+    else:
         console.print(escape(f"warning: (!) speedups unreliable: {result.reliability.reason}"))
     for note in result.notes:
         console.print(escape(f"note: {note}"))

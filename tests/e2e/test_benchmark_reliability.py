@@ -64,6 +64,7 @@ def test_busy_machine_marks_the_speedups_unreliable_and_promotion_refuses(image_
                          "--benchmark-iterations", "9")
     out = capsys.readouterr().out
     assert "warning: speedups unreliable: other processes used" in out and "(!)" in out
+    assert "Reliable:" not in out
     parent, _ = family(store, summary["parent_run_id"])
     assert parent.data.tags["sparsify.benchmark_reliable"] == "false"
     assert parent.data.metrics["benchmark.other_cores"] > OTHER_CORES_LIMIT
@@ -89,5 +90,6 @@ def test_idle_machine_marks_the_speedups_reliable(image_folder, store, tmp_path,
         pytest.skip(f"the host was not idle: the hypervisor took {steal:.2f} cores (steal time) during the "
                     f"session; the run's verdict: {parent.data.tags['sparsify.benchmark_load']}")
     assert parent.data.tags["sparsify.benchmark_reliable"] == "true", parent.data.tags["sparsify.benchmark_load"]
-    assert "unreliable" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "unreliable" not in out and "Reliable: no other process" in out
     assert promote(store, "idle") == 0
