@@ -273,7 +273,8 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
     """Medians of per-run medians; speedups as medians of per-round (side-by-side) ratios."""
     levels = []
     for b in builds:
-        key = f"deepsparse.{variant(b['level'], b.get('mask_type'))}"
+        name = variant(b["level"], b.get("mask_type"))
+        key = f"deepsparse.{name}"
         row: dict[str, Any] = {k: b.get(k) for k in (
             "level", "target", "mask_type", "layer_allocation", "target_sparsity", "quantized", "exported_sparsity",
             "pruned_scope_sparsity", "onnx_bytes", "onnx_gzip_bytes", "recipe_steps", "reused", "built_in_parallel")}
@@ -291,7 +292,7 @@ def _figures(spec: ModelSpec, st: Settings, builds: list[dict[str, Any]], timing
                 row["deepsparse"][f"bs{bs}"] = _level_entry(t, timings[bs], bs)
                 row["compile"][f"bs{bs}"] = {k: t[k] for k in ("compile_seconds", "compile_peak_rss_delta_mb",
                                                                "engine_rss_mb")}
-            ov = timings[bs].get(f"openvino.{variant(b['level'], b.get('mask_type'))}") if b.get("qdq_path") else None
+            ov = timings[bs].get(f"openvino.{name}") if b.get("qdq_path") else None
             if ov is not None:
                 row["openvino"][f"bs{bs}"] = _level_entry(ov, timings[bs], bs)
             timed = [e for e in ("deepsparse", "openvino") if f"bs{bs}" in row[e]]

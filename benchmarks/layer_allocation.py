@@ -84,6 +84,7 @@ def main() -> int:
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
 
     from benchmarks.models import sample_rows
+    from benchmarks.proc import machine_label
     from benchmarks.settings import ModelSpec
     from sparsify_mlflow.engines import cpu_info, layer_timings, openvino_status
     from sparsify_mlflow.speed_session import plan_session, run_session
@@ -143,8 +144,7 @@ def main() -> int:
     layers = layer_timings({label: files[label] for label in ("int8-only", *builds)}, rows, 1)
 
     cpu = cpu_info()
-    machine = (f"{cpu['model']}, {cpu['cores']} cores, ISA {cpu['isa']}{' + VNNI' if cpu['vnni'] else ''}"
-               f"{' + AMX' if cpu.get('amx') else ''}")
+    machine = machine_label(cpu)
     md = [f"{spec.describe()}, level {args.level:g} (1x4 blocks), {machine}; {args.rounds} interleaved rounds, "
           f"{'reliable' if reliability.reliable else 'UNRELIABLE: ' + reliability.reason}.", "",
           "| variant | sparsity (file) | layers | DS bs1 ms | OV bs1 ms | DS bs16 ms | OV bs16 ms | x INT8 alone bs1 | "

@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MB = 1024.0 * 1024.0
 
 
+def machine_label(cpu: dict[str, Any]) -> str:
+    """engines.cpu_info() as the focused scripts print it: "<model>, 2 cores, ISA avx512 + VNNI + AMX"."""
+    return (f"{cpu['model']}, {cpu['cores']} cores, ISA {cpu['isa']}{' + VNNI' if cpu['vnni'] else ''}"
+            f"{' + AMX' if cpu.get('amx') else ''}")
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of every child: offline, no analytics, the repository importable."""
     env = dict(os.environ)

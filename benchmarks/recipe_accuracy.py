@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 VARIANTS = {
     "unstructured": (["--target", "default"], "0.5,1.0"),
     "block4": (["--target", "vnni"], "0.5,1.0"),
@@ -126,10 +127,11 @@ def main() -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="recipe-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
     store = f"sqlite:///{work / 'mlflow.db'}"
+    from benchmarks.proc import machine_label
     from sparsify_mlflow.engines import cpu_info
 
     cpu = cpu_info()
-    machine = f"{cpu['model']}, {cpu['cores']} cores, ISA {cpu['isa']}{' + VNNI' if cpu['vnni'] else ''}"
+    machine = machine_label(cpu)
     results = args.out / "recipe_accuracy.json"
     earlier = json.loads(results.read_text()) if results.is_file() else {"rows": []}
     rows = [{"machine": earlier.get("machine")} | r for r in earlier["rows"]]  # rows before per-row machines
