@@ -103,13 +103,17 @@ def ensure_experiment(name: str, working_dir: Path) -> str:
 
     A new experiment on a local store keeps its artifacts beside the database, in the working folder.
     The experiment is marked as model development (the type MLflow 3's UI shows for it) unless someone
-    chose another kind.
+    chose another kind. Experiments started together on a shared server race to create and tag it:
+    a new one is created with its tag, and losing the race to tag an old one is not an error.
     """
     client = MlflowClient()
     experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or _find_or_create(client, name, working_dir)
-    experiment = client.get_experiment(experiment_id)
-    if EXPERIMENT_KIND_TAG not in experiment.tags:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        try:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+        except MlflowException:  # PostgreSQL: the other process inserted the same tag first
+            if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+                raise
     return experiment_id
 
 
@@ -121,7 +125,8 @@ def _find_or_create(client: MlflowClient, name: str, working_dir: Path) -> str:
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = (working_dir / "mlartifacts").as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
     except MlflowException as exc:  # another experiment process created it just now (shared server)
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise

@@ -50,6 +50,45 @@ def test_parallel_experiments_get_distinct_versions_and_one_consistent_alias(tra
         assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
 
 
+def test_jobs_opening_one_untagged_experiment_together_all_start(tracking_server, tmp_path: Path) -> None:
+    """Jobs that find the same experiment without its kind tag all tag it: on PostgreSQL the slower
+    insert of the same tag failed (unique key) and took its experiment down with it."""
+    import mlflow
+
+    from sparsify_mlflow import tracking
+
+    mlflow.set_tracking_uri(tracking_server.uri)
+    client = MlflowClient(tracking_uri=tracking_server.uri)
+    for attempt in range(5):  # each attempt is a fresh race; one lost race is enough to fail
+        name = f"untagged-{tmp_path.name}-{attempt}"
+        experiment_id = client.create_experiment(name)
+        assert open_together(name, tmp_path, jobs=6) == [experiment_id] * 6
+        assert client.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def open_together(name: str, working_dir: Path, jobs: int) -> list[str]:
+    """`ensure_experiment(name)` from `jobs` threads released at once: each one's id, or its error."""
+    import threading
+
+    from sparsify_mlflow import tracking
+
+    start, results = threading.Barrier(jobs), []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            results.append(tracking.ensure_experiment(name, working_dir))
+        except Exception as exc:  # noqa: BLE001 - the caller's assertion shows it
+            results.append(repr(exc))
+
+    threads = [threading.Thread(target=open_it) for _ in range(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
 def test_jobs_started_together_share_a_new_sqlite_store(tmp_path: Path) -> None:
     """Three processes open one new sqlite store at once: all of them get a usable store (MLflow's
     table migration, run concurrently, failed 8 of 9 such openings before the setup lock)."""
