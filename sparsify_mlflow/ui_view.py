@@ -33,10 +33,21 @@ def ensure_headline_view(experiment_id: str, batch_size: int, client: MlflowClie
     """Write the view, or add this run's batch size column to the one an earlier run wrote.
 
     Sorted by `speedup_bs1`, fastest first: a sort other than by time also lists nested runs (a sweep's
-    levels) flat instead of folded under their parent, which has no headline of its own."""
+    levels) flat instead of folded under their parent, which has no headline of its own. A job that
+    loses the race to write a new view (PostgreSQL: same tag inserted twice) merges into the winner's."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = client or MlflowClient()
+    try:
+        _write_view(experiment_id, batch_size, client)
+    except MlflowException:
+        if VIEW_TAG not in client.get_experiment(experiment_id).tags:
+            raise
+        _write_view(experiment_id, batch_size, client)
+
+
+def _write_view(experiment_id: str, batch_size: int, client: MlflowClient) -> None:
     existing = client.get_experiment(experiment_id).tags.get(VIEW_TAG)
     try:
         envelope = json.loads(existing or "null")

@@ -51,11 +51,11 @@ def test_parallel_experiments_get_distinct_versions_and_one_consistent_alias(tra
 
 
 def test_jobs_opening_one_untagged_experiment_together_all_start(tracking_server, tmp_path: Path) -> None:
-    """Jobs that find the same experiment without its kind tag all tag it: on PostgreSQL the slower
-    insert of the same tag failed (unique key) and took its experiment down with it."""
+    """Jobs that find the same experiment without its kind tag and saved view all write them: on
+    PostgreSQL the slower insert of the same tag failed (unique key) and took its experiment down."""
     import mlflow
 
-    from sparsify_mlflow import tracking
+    from sparsify_mlflow import tracking, ui_view
 
     mlflow.set_tracking_uri(tracking_server.uri)
     client = MlflowClient(tracking_uri=tracking_server.uri)
@@ -63,21 +63,25 @@ def test_jobs_opening_one_untagged_experiment_together_all_start(tracking_server
         name = f"untagged-{tmp_path.name}-{attempt}"
         experiment_id = client.create_experiment(name)
         assert open_together(name, tmp_path, jobs=6) == [experiment_id] * 6
-        assert client.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+        tags = client.get_experiment(experiment_id).tags
+        assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development" and ui_view.VIEW_TAG in tags
 
 
 def open_together(name: str, working_dir: Path, jobs: int) -> list[str]:
-    """`ensure_experiment(name)` from `jobs` threads released at once: each one's id, or its error."""
+    """What a job does first (experiment, then its saved view) from `jobs` threads released at once:
+    each one's experiment id, or its error."""
     import threading
 
-    from sparsify_mlflow import tracking
+    from sparsify_mlflow import tracking, ui_view
 
     start, results = threading.Barrier(jobs), []
 
     def open_it() -> None:
         start.wait()
         try:
-            results.append(tracking.ensure_experiment(name, working_dir))
+            experiment_id = tracking.ensure_experiment(name, working_dir)
+            ui_view.ensure_headline_view(experiment_id, 16)
+            results.append(experiment_id)
         except Exception as exc:  # noqa: BLE001 - the caller's assertion shows it
             results.append(repr(exc))
 
