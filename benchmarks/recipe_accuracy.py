@@ -38,11 +38,12 @@ VARIANTS = {
                                    '{"num_pruning_active_epochs": 1.5}'], "0.5"),
     # more epochs than the default 6 (its dense baseline is trained as long): a longer ramp and stabilisation
     "block4-10_epochs": (["--target", "vnni", "--epochs", "10"], "0.5"),
-    # levers at the default 6 epochs: a shorter QAT (longer ramp and stabilisation), half the learning
-    # rate for the sparse model (it starts from the trained dense one), a slower ramp; and another seed
-    # (its own split and dense baseline) to see how far one run's drop moves
+    # levers at the default 6 epochs: a shorter QAT (longer ramp and stabilisation), half and twice the
+    # learning rate of the sparse model (it starts from the trained dense one), a slower ramp; and
+    # another seed (its own split and dense baseline) to see how far one run's drop moves
     "block4-qat_1": (["--target", "vnni", "--recipe-args", '{"num_qat_epochs": 1}'], "0.5"),
     "block4-lr_half": (["--target", "vnni", "--recipe-args", '{"init_lr": 5e-05}'], "0.5"),
+    "block4-lr_double": (["--target", "vnni", "--recipe-args", '{"init_lr": 0.0002}'], "0.5"),
     "block4-ramp_3": (["--target", "vnni", "--recipe-args", '{"num_pruning_active_epochs": 3}'], "0.5"),
     "block4-seed_1": (["--target", "vnni", "--seed", "1"], "0.5"),
 }
