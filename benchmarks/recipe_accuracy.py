@@ -46,6 +46,7 @@ VARIANTS = {
     "block4-lr_double": (["--target", "vnni", "--recipe-args", '{"init_lr": 0.0002}'], "0.5"),
     "block4-ramp_3": (["--target", "vnni", "--recipe-args", '{"num_pruning_active_epochs": 3}'], "0.5"),
     "block4-seed_1": (["--target", "vnni", "--seed", "1"], "0.5"),
+    "block4-lr_double-seed_1": (["--target", "vnni", "--seed", "1", "--recipe-args", '{"init_lr": 0.0002}'], "0.5"),
 }
 # The offline examples' own arguments (examples/*_offline.sh), at the use case's default epochs.
 EXAMPLES = {
