@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from helpers.onnx_files import openvino_refuses
 from sparsify_mlflow.engines import (
     EngineUnavailable,
+    cpu_info,
     load_engine,
     load_openvino,
     openvino_facts,
@@ -101,4 +102,7 @@ def test_an_int8_file_keeps_its_float_ops_at_f32_on_openvino(tmp_path: Path) -> 
     dense = load_engine(conv_net(tmp_path / "net.onnx"), "openvino", batch_size=1, num_cores=1)
     assert precision(dense) == openvino_facts()["precision"]
     reference = predict_batches(load_engine(tmp_path / "qdq.onnx", "onnxruntime", batch_size=7, num_cores=1), ROWS)[0]
-    np.testing.assert_allclose(predict_batches(int8, ROWS)[0], reference, rtol=1e-3, atol=1e-2)
+    # Without VNNI OpenVINO sums the u8 x s8 products in int16 pairs, which saturate: on an AVX2 AMD EPYC its
+    # logits differed from ONNX Runtime's (exact to 1e-6 against numpy) by up to 0.10 in 4 of 7 rows
+    atol = 1e-2 if cpu_info()["vnni"] else 0.15
+    np.testing.assert_allclose(predict_batches(int8, ROWS)[0], reference, rtol=1e-3, atol=atol)
