@@ -290,6 +290,7 @@ class RecipePlan:
     layer_allocation: str = "uniform"   # how the sparsity is spread over the layers (LAYER_ALLOCATIONS)
     allocation_reason: str = ""         # why that allocation (--recipe-args, the use case's default)
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # per pruned parameter, when not uniform
+    lr_reason: str = "--lr"             # where the initial learning rate comes from (choose_lr)
 
     @property
     def label(self) -> str:
@@ -311,6 +312,7 @@ class RecipePlan:
             "recipe.quantize": self.quantize,
             "recipe.epochs": self.epochs,
             "recipe.lr": self.lr,
+            "recipe.lr_reason": self.lr_reason,
             "recipe.final_lr": self.final_lr,
             "recipe.num_pruned_params": len(self.scope.prune) if self.target_sparsity else 0,
             "recipe.num_dense_params": len(self.scope.keep_dense),
@@ -358,17 +360,30 @@ def choose_allocation(args: RecipeArgs, use_case_default: str, mask: str) -> tup
                               f"its dense ones only past ~{BREAK_EVEN_SPARSITY:g} sparsity)")
 
 
+def choose_lr(lr: float, sparsity: float, args: RecipeArgs, pruned_lr_scale: float) -> tuple[float, str]:
+    """(initial learning rate, why): --recipe-args init_lr wins; a pruning run starts at the use case's
+    `pruned_lr_scale` times --lr (the model starts from the trained dense one and must win back what each
+    pruning step takes); the dense baseline and INT8-only levels start at --lr."""
+    if args.init_lr is not None:
+        return float(args.init_lr), "--recipe-args init_lr"
+    if sparsity > 0.0 and pruned_lr_scale != 1.0:
+        return float(f"{lr * pruned_lr_scale:.10g}"), (f"{pruned_lr_scale:g}x --lr, the use case's rate for a "
+                                                       f"pruned model recovering from the dense one")
+    return float(lr), "--lr"
+
+
 def plan_recipe(
     optim_level: float, epochs: int, scope: PruningScope, lr: float, final_lr_ratio: float = 0.01,
     distillation: Distillation | None = None, args: RecipeArgs | None = None, target: str = "auto",
-    default_allocation: str = "uniform",
+    default_allocation: str = "uniform", pruned_lr_scale: float = 1.0,
 ) -> RecipePlan:
     """Decide sparsity, mask, quantization and schedule for one run; raises ValueError on bad input.
 
     `distillation` adds a DistillationModifier (the trainer must pass the teacher); it is dropped
     at level 0, which trains the dense baseline itself. `args` overrides derived values; `target`
     (--target) chooses the pruning mask. 2:4 masks (tensorrt) are 50% sparse by construction.
-    `default_allocation` is the use case's layer allocation where `args` names none.
+    `default_allocation` and `pruned_lr_scale` are the use case's layer allocation and learning-rate
+    multiple for pruning runs, where `args` names none.
     """
     args = args or RecipeArgs()
     level = validate_level(optim_level)
@@ -397,7 +412,7 @@ def plan_recipe(
     if allocation != "uniform" and sparsity > 0.0:
         per_layer = allocate_layers({n: scope.weights.get(n, 0) for n in scope.prune}, scope.macs, sparsity,
                                     allocation, args.break_even_sparsity or BREAK_EVEN_SPARSITY)
-    init_lr = float(args.init_lr or lr)
+    init_lr, lr_why = choose_lr(lr, sparsity, args, pruned_lr_scale)
     return RecipePlan(
         optim_level=level,
         target_sparsity=sparsity,
@@ -415,6 +430,7 @@ def plan_recipe(
         layer_allocation=allocation,
         allocation_reason=allocation_why if sparsity > 0.0 else "",
         layer_sparsity=per_layer,
+        lr_reason=lr_why,
     )
 
 
@@ -451,7 +467,8 @@ def _header(plan: RecipePlan) -> list[str]:
             f"#   {s.qat_start} -> {s.epochs}: QAT (BN stats frozen at {s.freeze_bn_epoch}, "
             f"observers disabled at {s.disable_observers_epoch})"
         )
-    lines.append(f"#   learning rate: {plan.lr_func} {plan.lr} -> {plan.final_lr} over 0.0 -> {s.epochs}")
+    lines.append(f"#   learning rate: {plan.lr_func} {plan.lr} -> {plan.final_lr} over 0.0 -> {s.epochs}"
+                 + ("" if plan.lr_reason == "--lr" else f" ({plan.lr_reason})"))
     if plan.distillation is not None:
         lines.append(f"#   distillation from the dense baseline (teacher) over 0.0 -> {s.epochs}: hardness "
                      f"{plan.distillation.hardness}, temperature {plan.distillation.temperature}")

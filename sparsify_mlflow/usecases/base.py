@@ -118,6 +118,9 @@ class UseCase:
     # how a level's sparsity is spread over the layers unless --recipe-args layer_allocation says
     # (levels.LAYER_ALLOCATIONS); a per-layer one only where it was measured faster for the use case
     default_layer_allocation: ClassVar[str] = "uniform"
+    # the pruned model's initial learning rate as a multiple of --lr (levels.choose_lr); above 1 only where
+    # it was measured to recover more accuracy for the use case
+    pruned_lr_scale: ClassVar[float] = 1.0
     options: ClassVar[type] = NoOptions           # the use case's own options: a dataclass of options.option()s
 
     def __init__(self, name: str) -> None:

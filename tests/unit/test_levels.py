@@ -150,6 +150,20 @@ def test_plan_lr_and_summary():
     assert "recipe.schedule.qat_start" not in plan_recipe(0.0, 10, SCOPE, 0.01).summary()
 
 
+def test_a_pruning_run_starts_at_the_use_cases_rate_unless_the_recipe_args_say_otherwise():
+    pruned = plan_recipe(0.5, 10, SCOPE, 0.01, pruned_lr_scale=2.0)
+    assert (pruned.lr, pruned.final_lr) == (0.02, 0.0002) and pruned.lr_reason.startswith("2x --lr")
+    assert "learning rate: linear 0.02 -> 0.0002 over 0.0 -> 10.0 (2x --lr" in recipe_yaml(pruned)
+    assert pruned.summary()["recipe.lr_reason"] == pruned.lr_reason
+    # nothing is pruned at level 0 (the dense baseline) and below 0.3 (INT8 only): --lr as given
+    for level in (0.0, 0.1):
+        assert plan_recipe(level, 10, SCOPE, 0.01, pruned_lr_scale=2.0).lr == 0.01
+    given = plan_recipe(0.5, 10, SCOPE, 0.01, pruned_lr_scale=2.0, args=RecipeArgs(init_lr=0.005))
+    assert (given.lr, given.lr_reason) == (0.005, "--recipe-args init_lr")
+    plain = plan_recipe(0.5, 10, SCOPE, 0.01)
+    assert (plain.lr, plain.lr_reason) == (0.01, "--lr") and "over 0.0 -> 10.0\n" in recipe_yaml(plain)
+
+
 # --- the YAML ---------------------------------------------------------------------------
 
 def test_yaml_level_0_is_epoch_and_lr_only():
