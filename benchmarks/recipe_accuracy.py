@@ -8,7 +8,7 @@ levels 0.5 and 1.0, once per variant: the mask (`unstructured` = `--target defau
 layer_allocation`, level 0.5 only, as 1.0 is past the break-even sparsity and so uniform anyway).
 All in one MLflow store, so each example trains its dense baseline once and every variant is compared
 with the same one. The figure is the metric of the exported file on the deployment engine (what
-ships) against the dense export. Results accumulate in --out/recipe_accuracy.json (a later run adds
+ships) against the dense export, per machine. Results accumulate in --out/recipe_accuracy.json (a later run adds
 or replaces its own rows) and the table is rewritten to recipe_accuracy.md. Speed is not judged here.
 """
 from __future__ import annotations
@@ -38,16 +38,21 @@ VARIANTS = {
                                    '{"num_pruning_active_epochs": 1.5}'], "0.5"),
     # more epochs than the default 6 (its dense baseline is trained as long): a longer ramp and stabilisation
     "block4-10_epochs": (["--target", "vnni", "--epochs", "10"], "0.5"),
-    # levers at the default 6 epochs: a shorter QAT (longer ramp and stabilisation), half and twice the
-    # learning rate of the sparse model (it starts from the trained dense one), a slower ramp; and
-    # another seed (its own split and dense baseline) to see how far one run's drop moves
+    # levers at the default 6 epochs: a shorter QAT (longer ramp and stabilisation); the pruned model's
+    # learning rate (it starts from the trained dense one) at 0.5, 1, 2 and 4 times the text use cases'
+    # --lr (1e-4; text classification's default is 2x since pruned_lr_scale); a slower ramp
     "block4-qat_1": (["--target", "vnni", "--recipe-args", '{"num_qat_epochs": 1}'], "0.5"),
+    "block4-lr_1x": (["--target", "vnni", "--recipe-args", '{"init_lr": 0.0001}'], "0.5"),
     "block4-lr_half": (["--target", "vnni", "--recipe-args", '{"init_lr": 5e-05}'], "0.5"),
     "block4-lr_double": (["--target", "vnni", "--recipe-args", '{"init_lr": 0.0002}'], "0.5"),
+    "block4-lr_x4": (["--target", "vnni", "--recipe-args", '{"init_lr": 0.0004}'], "0.5"),
     "block4-ramp_3": (["--target", "vnni", "--recipe-args", '{"num_pruning_active_epochs": 3}'], "0.5"),
-    "block4-seed_1": (["--target", "vnni", "--seed", "1"], "0.5"),
-    "block4-lr_double-seed_1": (["--target", "vnni", "--seed", "1", "--recipe-args", '{"init_lr": 0.0002}'], "0.5"),
 }
+# Each variant on other seeds (another split, its own dense baseline), to see how far one run's drop
+# moves: "block4-lr_double-seed_1".
+SEEDS = (1, 2, 3, 4)
+VARIANTS |= {f"{name}-seed_{seed}": ([*flags, "--seed", str(seed)], levels)
+             for name, (flags, levels) in list(VARIANTS.items()) for seed in SEEDS}
 # The offline examples' own arguments (examples/*_offline.sh), at the use case's default epochs.
 EXAMPLES = {
     "digits": ["--use-case", "cv-classification"],
@@ -76,39 +81,46 @@ def run_sweep(example: str, variant: str, store: str, work: Path, only_levels: s
     return result
 
 
-def rows_of(example: str, variant: str, sweep: dict, machine: str) -> list[dict]:
+def rows_of(example: str, variant: str, sweep: dict, machine: str, store: str) -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
     table = {row["level"]: row for row in sweep["table"]}
     dense = table["dense"]
+    dense_lr = float(client.get_run(sweep["dense_run_id"]).data.params["recipe.lr"])
     return [{"example": example, "variant": variant, "level": float(level), "metric": dense["main_metric"],
              "machine": machine,
              "dense": dense["main"], "sparse": row["main"], "drop_pt": round(100 * (dense["main"] - row["main"]), 2),
              "sparsity": row["sparsity"], "dense_run_id": sweep["dense_run_id"], "run_id": row["run_id"],
+             "lr": float(client.get_run(row["run_id"]).data.params["recipe.lr"]), "dense_lr": dense_lr,
              "wall_seconds": sweep["wall_seconds"]}
             for level, row in table.items() if level not in ("dense", "int8-only")]
 
 
-def cell(row: dict) -> str:
-    """0.9944 (-0.3) s 0.70: the exported metric, its change from dense in points, the file's sparsity."""
-    change = 0.0 - row["drop_pt"] + 0.0  # + 0.0: no "-0.0"
-    return f"{row['sparse']:.4f} ({change:+.1f}) s {row['sparsity']:.2f}"
+def same_run(row: dict) -> tuple:
+    """What a new row replaces: the same example, variant, level and machine at the same rates (a variant
+    without init_lr follows the use case's default, which may change)."""
+    return row["example"], row["variant"], row["level"], row["machine"], row.get("lr"), row.get("dense_lr")
+
+
+def lr_scale(row: dict) -> float:
+    """The pruned model's starting rate as a multiple of its dense baseline's (rows before rates were kept: 1)."""
+    return row["lr"] / row["dense_lr"] if row.get("lr") and row.get("dense_lr") else 1.0
 
 
 def markdown(rows: list[dict], machine: str) -> str:
-    variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
-    machines = sorted({r["machine"] or machine for r in rows})
-    lines = [f"Metric of the exported file (ONNX on the deployment engine) per variant, its drop from the dense "
-             f"export in points in brackets, the file's measured sparsity after `s`; measured on "
-             f"{'; '.join(machines)}.", "",
-             "| example | metric | level | dense | " + " | ".join(variants) + " |",
-             "|---|---|---|---|" + "---|" * len(variants)]
-    for example, level in sorted(dict.fromkeys((r["example"], r["level"]) for r in rows),
-                                 key=lambda k: (list(EXAMPLES).index(k[0]), k[1])):
-        by_variant = {r["variant"]: r for r in rows if r["example"] == example and r["level"] == level}
-        first = next(iter(by_variant.values()))
-        cells = [(cell(by_variant[v]) + ("" if by_variant[v]["dense"] == first["dense"] else  # its own baseline
-                                          f" vs dense {by_variant[v]['dense']:.4f}")) if v in by_variant else ""
-                 for v in variants]
-        lines.append(f"| {example} | {first['metric']} | {level:g} | {first['dense']:.4f} | " + " | ".join(cells) + " |")
+    """One line per measured file, grouped by example, level and machine (each machine and seed keeps its own
+    dense baseline, so the change is against the baseline on the same line)."""
+    lines = ["Metric of the exported file (ONNX on the deployment engine) against the dense export trained on the "
+             "same machine and seed; `lr` is the pruned model's starting rate as a multiple of the dense model's.", "",
+             "| example | metric | level | machine | variant | lr | dense | file | change (pt) | sparsity |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    order = list(VARIANTS)
+    for r in sorted(rows, key=lambda r: (list(EXAMPLES).index(r["example"]), r["level"], r["machine"] or machine,
+                                         order.index(r["variant"]) if r["variant"] in order else len(order))):
+        change = 0.0 - r["drop_pt"] + 0.0  # + 0.0: no "-0.0"
+        lines.append(f"| {r['example']} | {r['metric']} | {r['level']:g} | {r['machine'] or machine} | {r['variant']} "
+                     f"| {lr_scale(r):g}x | {r['dense']:.4f} | {r['sparse']:.4f} | {change:+.1f} | {r['sparsity']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,9 +159,9 @@ def main() -> int:
     for example in examples:
         for variant in variants:
             print(f"{example}: {variant} ...", flush=True)
-            new = rows_of(example, variant, run_sweep(example, variant, store, work, args.levels), machine)
-            replaced = {(r["example"], r["variant"], r["level"]) for r in new}
-            rows = [r for r in rows if (r["example"], r["variant"], r["level"]) not in replaced] + new
+            new = rows_of(example, variant, run_sweep(example, variant, store, work, args.levels), machine, store)
+            replaced = {same_run(r) for r in new}
+            rows = [r for r in rows if same_run(r) not in replaced] + new
     table = markdown(rows, machine)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
