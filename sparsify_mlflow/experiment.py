@@ -367,6 +367,8 @@ def conclude_level(session: Session, cfg: ExperimentConfig, dense: _Trained, spa
                                       int8_only.usable if int8_only is not None else None)
     if int8_only is not None:
         log_reference(session, dense.report, int8_only, speed)
+    if (lost := large_drop_note(comparison["main_drop"], sparse.report.metrics.main_name, plan)) is not None:
+        notes.append(lost)
     tracking.log_metrics(sparse.report.headline(comparison, cfg.deploy_engine, cfg.benchmark_batch_size))
     tracking.log_metrics(comparison)
     mlflow.set_tags(reliability.tags())
@@ -568,6 +570,20 @@ def compare(dense: ModelReport, sparse: ModelReport, speed: SessionResult, label
             out.update(ratio.as_metrics(f"speedup_vs_int8_only.bs{bs}"))
     out.update(speed.load.as_metrics())
     return out, speed.reliability(ratios)
+
+
+LARGE_DROP_PT = 10.0  # far past what seeds and schedules move (a few points): the level did not recover
+
+
+def large_drop_note(main_drop: float, metric: str, plan: RecipePlan) -> str | None:
+    """What to try when the sparse model lost more than LARGE_DROP_PT points: the run still registers it as a
+    candidate (it is a result), so the summary says so where a user reads the figures."""
+    if main_drop <= LARGE_DROP_PT:
+        return None
+    return (f"the sparse model lost {main_drop:.1f} points of {metric} at {plan.label}: the schedule did not "
+            f"recover it (at 95% a small encoder's route to [CLS] can collapse, docs/optim-levels.md); try a lower "
+            f"--optim-level or more --epochs, and keep such a version out of production with "
+            f"`promote --max-metric-drop`")
 
 
 def log_reference(session: Session, dense: ModelReport, int8_only: Int8Only, speed: SessionResult) -> None:

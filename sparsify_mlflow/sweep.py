@@ -286,8 +286,10 @@ def _conclude(cfg: ExperimentConfig, options: SweepOptions, parent_id: str, expe
     mlflow.set_tags(tags)
     tracking.log_metrics({"levels.finished": len(done), "levels.failed": len(outcomes) - len(done)}
                          | ({} if recommended is None else {"recommended_level": recommended.level}))
+    lost = [experiment.large_drop_note(o.result.comparison["main_drop"], dense.metrics.main_name, o.result.plan)
+            for o in done]
     return SweepResult(cfg, options, parent_id, experiment_id, tracking_uri, root, dense, outcomes, rows,
-                       recommendation, name, notes=list(notes), int8_only=int8_only,
+                       recommendation, name, notes=[*notes, *filter(None, lost)], int8_only=int8_only,
                        int8_only_version=int8_only_version)
 
 
