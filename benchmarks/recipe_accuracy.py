@@ -8,8 +8,9 @@ levels 0.5 and 1.0, once per variant: the mask (`unstructured` = `--target defau
 layer_allocation`, level 0.5 only, as 1.0 is past the break-even sparsity and so uniform anyway).
 All in one MLflow store, so each example trains its dense baseline once and every variant is compared
 with the same one. The figure is the metric of the exported file on the deployment engine (what
-ships) against the dense export, per machine. Results accumulate in --out/recipe_accuracy.json (a later run adds
-or replaces its own rows) and the table is rewritten to recipe_accuracy.md. Speed is not judged here.
+ships) against the dense export, per machine. Results accumulate in --out/recipe_accuracy.json (a
+later run adds or replaces its own rows) and the table is rewritten to recipe_accuracy.md. Speed is
+not judged here.
 """
 from __future__ import annotations
 
