@@ -581,7 +581,7 @@ def large_drop_note(main_drop: float, metric: str, plan: RecipePlan) -> str | No
     if main_drop <= LARGE_DROP_PT:
         return None
     return (f"the sparse model lost {main_drop:.1f} points of {metric} at {plan.label}: the schedule did not "
-            f"recover it (at 95% a small encoder's route to [CLS] can collapse, docs/optim-levels.md); try a lower "
+            f"recover it (docs/optim-levels.md says why level 1.0 collapses a small text encoder); try a lower "
             f"--optim-level or more --epochs, and keep such a version out of production with "
             f"`promote --max-metric-drop`")
 
