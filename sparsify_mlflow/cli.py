@@ -145,8 +145,7 @@ def recipe(num_classes: int, **options: Any) -> None:
         scope = with_layer_costs(built, scope, case.sample_inputs(case.load_data(cfg), 1))
     click.echo(recipe_yaml(plan_recipe(cfg.optim_level, cfg.epochs, scope, cfg.lr,
                                        distillation=distillation, args=cfg.recipe_args, target=cfg.target,
-                                       default_allocation=case.default_layer_allocation,
-                                       pruned_lr_scale=case.pruned_lr_scale)), nl=False)
+                                       **case.recipe_defaults())), nl=False)
 
 
 @cli.command("use-cases")

@@ -166,8 +166,7 @@ def plan_level(session: Session, cfg: ExperimentConfig) -> tuple[RecipePlan, str
     distillation = Distillation(cfg.distill_hardness, cfg.distill_temperature) if cfg.distill else None
     level = DEFAULT_LEVEL if cfg.optim_level is None else cfg.optim_level
     plan = plan_recipe(level, cfg.epochs, session.scope, cfg.lr, distillation=distillation, args=cfg.recipe_args,
-                       target=cfg.target, default_allocation=session.use_case.default_layer_allocation,
-                       pruned_lr_scale=session.use_case.pruned_lr_scale)
+                       target=cfg.target, **session.use_case.recipe_defaults())
     recipe = cfg.recipe.read_text() if cfg.recipe else recipe_yaml(plan)
     facts = recipe_facts(recipe, f"--recipe {cfg.recipe}" if cfg.recipe else "the derived recipe",
                          cfg.recipe.name if cfg.recipe else "the derived recipe")

@@ -170,6 +170,11 @@ class UseCase:
 
     # ---- optional, with their defaults ----------------------------------------------------------
 
+    def recipe_defaults(self) -> dict[str, Any]:
+        """This use case's say in a derived recipe where --recipe-args is silent: levels.plan_recipe's keywords,
+        so `training-aware` and `sparsify.run recipe` derive the same recipe."""
+        return {"default_allocation": self.default_layer_allocation, "pruned_lr_scale": self.pruned_lr_scale}
+
     def eval_metric_choices(self) -> dict[str, str]:
         """--eval-metric choices (Sparsify's names) -> the metric they select, as this use case logs it."""
         return dict(self.eval_metrics) or {self.main_metric: self.main_metric}

@@ -97,6 +97,11 @@ def test_pruning_scope_is_the_encoder_linears(minilm) -> None:
     assert "!DistillationModifier" not in recipe_yaml(plan_recipe(0.0, 3, scope, 1e-4, distillation=Distillation()))
 
 
+def test_recipe_command_starts_the_pruned_model_at_the_use_cases_rate(capsys) -> None:
+    assert main(["recipe", "--use-case", "text_classification", "--num-classes", "2"]) == 0
+    assert "learning rate: linear 0.0002 -> 2e-06 over 0.0 -> 6.0 (2x --lr" in capsys.readouterr().out
+
+
 def test_distill_option_checks() -> None:
     with pytest.raises(ConfigError, match="--distill is not supported by cv-classification"):
         build_config("cv-classification", distill=True)
